@@ -1,0 +1,71 @@
+"""PAD-Net multi-modal distillation, PAD-Net and MTI-Net models."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from densemtl.models.attention import record_attention
+from densemtl.models.distill import MultiModalDistillation
+
+
+def _set_pointwise(module: MultiModalDistillation, value_w: float, gate_w: float) -> None:
+    """Make every 3x3 conv a centre-tap scalar multiply (channels = 1)."""
+    with torch.no_grad():
+        for per_target in module.messages.values():
+            for message in per_target.values():
+                message.value.weight.zero_()
+                message.value.weight[0, 0, 1, 1] = value_w
+                message.gate.weight.zero_()
+                message.gate.weight[0, 0, 1, 1] = gate_w
+
+
+def test_distillation_matches_formula_by_hand():
+    names = ["semantic", "depth", "edge"]
+    module = MultiModalDistillation(names, channels=1)
+    _set_pointwise(module, value_w=2.0, gate_w=-1.5)
+    rng = np.random.default_rng(0)
+    feats = {t: rng.normal(size=(2, 1, 5, 6)).astype(np.float32) for t in names}
+
+    out = module({t: torch.from_numpy(f) for t, f in feats.items()})
+
+    def message(x):  # 2x * sigmoid(-1.5x), computed in numpy
+        return 2.0 * x / (1.0 + np.exp(1.5 * x))
+
+    for t in names:
+        expected = feats[t] + sum(message(feats[a]) for a in names if a != t)
+        np.testing.assert_allclose(out[t].detach().numpy(), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_distillation_parameter_count_and_pairs():
+    module = MultiModalDistillation(["a", "b", "c"], channels=8)
+    # 3 targets x 2 sources x (value + gate) x 3x3 x 8 x 8, no bias
+    assert sum(p.numel() for p in module.parameters()) == 3 * 2 * 2 * 9 * 8 * 8
+    assert sorted(module.messages["b"].keys()) == ["a", "c"]
+
+
+def test_distillation_single_task_passes_through_and_checks_inputs():
+    module = MultiModalDistillation(["depth"], channels=4)
+    x = torch.randn(1, 4, 3, 3)
+    assert torch.equal(module({"depth": x})["depth"], x)
+    with pytest.raises(KeyError):
+        MultiModalDistillation(["a", "b"], 4)({"a": x})
+    with pytest.raises(ValueError):
+        MultiModalDistillation(["a", "a"], 4)
+
+
+def test_distillation_backward_reaches_every_pair_and_records_gates():
+    names = ["semantic", "depth"]
+    module = MultiModalDistillation(names, channels=3)
+    feats = {t: torch.randn(2, 3, 4, 4, requires_grad=True) for t in names}
+    with record_attention(module) as attn:
+        out = module(feats)
+    sum(o.square().sum() for o in out.values()).backward()
+    for p in module.parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0
+    assert set(attn) == {"semantic<-depth", "depth<-semantic"}
+    gate = attn["semantic<-depth"]
+    assert gate.shape == (2, 1, 4, 4) and ((gate > 0) & (gate < 1)).all()
+    module(feats)  # outside the context nothing more is recorded
+    assert len(attn) == 2
