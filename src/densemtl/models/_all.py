@@ -1,3 +1,3 @@
 """Imports every model module so that each registers itself."""
 
-from . import mtan  # noqa: F401
+from . import baselines, mtan  # noqa: F401
