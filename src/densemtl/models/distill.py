@@ -5,8 +5,9 @@ added to t's own feature::
 
     out_t = f_t + sum_{a != t} conv3x3_ta(f_a) * sigmoid(conv3x3'_ta(f_a))
 
-Each (target, source) pair has its own two 3x3 convolutions (no bias, as in the MTI-Net
-codebase). Used by PAD-Net, by MTI-Net at every scale, and by ATI-Net at the bottleneck.
+Each (target, source) pair has its own two 3x3 convolutions (no bias by default, as in the
+MTI-Net codebase; ATI-Net's official code gives them a bias, hence ``bias=True`` there). Used by
+PAD-Net, by MTI-Net at every scale, and by ATI-Net at the bottleneck.
 """
 
 from __future__ import annotations
@@ -22,10 +23,10 @@ from .attention import RecordsAttention
 class GatedMessage(nn.Module):
     """``conv3x3(x) * sigmoid(conv3x3'(x))``: what one task passes to another."""
 
-    def __init__(self, channels: int) -> None:
+    def __init__(self, channels: int, bias: bool = False) -> None:
         super().__init__()
-        self.value = nn.Conv2d(channels, channels, 3, padding=1, bias=False)
-        self.gate = nn.Conv2d(channels, channels, 3, padding=1, bias=False)
+        self.value = nn.Conv2d(channels, channels, 3, padding=1, bias=bias)
+        self.gate = nn.Conv2d(channels, channels, 3, padding=1, bias=bias)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Return the gated message and the gate (both N x C x H x W)."""
@@ -42,14 +43,14 @@ class MultiModalDistillation(RecordsAttention):
     Recorded attention: ``"<target><-<source>"``, the channel-mean gate, N x 1 x H x W.
     """
 
-    def __init__(self, task_names: Sequence[str], channels: int) -> None:
+    def __init__(self, task_names: Sequence[str], channels: int, bias: bool = False) -> None:
         super().__init__()
         self.task_names = list(task_names)
         if len(set(self.task_names)) != len(self.task_names):
             raise ValueError(f"duplicate task in {self.task_names}")
         self.channels = channels
         self.messages = nn.ModuleDict({
-            t: nn.ModuleDict({a: GatedMessage(channels) for a in self.task_names if a != t})
+            t: nn.ModuleDict({a: GatedMessage(channels, bias) for a in self.task_names if a != t})
             for t in self.task_names
         })
 
