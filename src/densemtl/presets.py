@@ -27,8 +27,9 @@ PRESETS["atinet"] = {
 }
 NOTES["atinet"] = """ATI-Net on NYUv2 (13 classes, 288x384) with MTAN's recipe, as the paper reports it:
 Adam lr 1e-4, halved at the midpoint (step schedule, step_size = half the epochs), 200 epochs,
-batch 2, DWA with temperature 2, summary over the last 10 epochs, the paper's data flow (the default mode=replace). Pass
---data-root. The preset sets no model options, so `--model mtan` runs the same recipe for MTAN.
+batch 2, DWA with temperature 2, summary over the last 10 epochs, the paper's data flow (the
+default mode=replace). Pass --data-root. The preset sets no model options, so `--model mtan`
+runs the same recipe for MTAN.
 
 The official code trains differently: it warm-starts from an MTAN checkpoint trained for half
 the schedule (100 epochs) and continues for the second half (100 epochs) at a constant lr 5e-5
