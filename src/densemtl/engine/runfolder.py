@@ -71,6 +71,8 @@ class RunFolder:
                 f"--resume {self.path}: no checkpoints/last.pt (the run stopped before its first "
                 "epoch finished); start it again with --out"
             )
+        for stale in self.path.rglob(".*.tmp"):  # left by a write that was killed mid-way
+            stale.unlink()
 
     def append_metrics(self, record: dict) -> None:
         with open(self.metrics, "a") as f:
