@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from densemtl.models import create_model
 from densemtl.models.attention import record_attention
 from densemtl.models.distill import MultiModalDistillation
 
@@ -69,3 +70,45 @@ def test_distillation_backward_reaches_every_pair_and_records_gates():
     assert gate.shape == (2, 1, 4, 4) and ((gate > 0) & (gate < 1)).all()
     module(feats)  # outside the context nothing more is recorded
     assert len(attn) == 2
+
+
+# ------------------------------------------------------------------------------- models
+
+NYUD = {"semantic": 40, "depth": 1}
+
+
+@pytest.mark.parametrize("name,official", [
+    # counts of the official models in SimonVandenhende/Multi-Task-Learning-PyTorch
+    # (configs/nyud/hrnet18/{mti_net,pad_net}.yml: HRNet-18, semseg 40 + depth)
+    ("mtinet", 8_578_179),
+    ("padnet", 7_019_056),
+])
+def test_parameter_counts_match_official_models(name, official):
+    model = create_model(name, NYUD, width=1.0)
+    assert sum(p.numel() for p in model.parameters()) == official
+
+
+def test_mtinet_forward_backward_keys_and_shapes():
+    tasks = {"semantic": 13, "depth": 1, "normal": 3}
+    model = create_model("mtinet", tasks, width=0.25)
+    out = model(torch.randn(2, 3, 64, 64))
+    expected = {t: (2, c, 64, 64) for t, c in tasks.items()}
+    for k in range(4):
+        expected.update({f"{t}@scale{k}": (2, c, 16 >> k, 16 >> k) for t, c in tasks.items()})
+    assert {key: tuple(v.shape) for key, v in out.items()} == expected
+    sum(v.mean() for v in out.values()).backward()
+    assert [n for n, p in model.named_parameters() if p.grad is None] == []
+
+
+def test_padnet_forward_backward_keys_shapes_and_recording():
+    tasks = {"semantic": 13, "edge": 1}
+    model = create_model("padnet", tasks, width=0.25)
+    with record_attention(model) as attn:
+        out = model(torch.randn(2, 3, 64, 48))
+    assert {key: tuple(v.shape) for key, v in out.items()} == {
+        "semantic": (2, 13, 64, 48), "edge": (2, 1, 64, 48),
+        "semantic@initial": (2, 13, 16, 12), "edge@initial": (2, 1, 16, 12),
+    }
+    assert set(attn) == {"distill.semantic<-edge", "distill.edge<-semantic"}
+    sum(v.mean() for v in out.values()).backward()
+    assert [n for n, p in model.named_parameters() if p.grad is None] == []

@@ -31,6 +31,13 @@ STAGE_MODULES = (1, 3, 2)  # modules in stages 2, 3 and 4
 BLOCKS_PER_BRANCH = 2
 
 
+def resize_to(x: torch.Tensor, size) -> torch.Tensor:
+    """Bilinear resize of N x C x H x W to ``size`` (no-op when it already has that size)."""
+    if tuple(x.shape[-2:]) == tuple(size):
+        return x
+    return F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False)
+
+
 def _bn(channels: int) -> nn.BatchNorm2d:
     return nn.BatchNorm2d(channels)
 
@@ -127,10 +134,7 @@ class HighResolutionModule(nn.Module):
             for j, layer in enumerate(row):
                 if j == i:
                     continue
-                y = layer(xs[j])
-                if j > i:
-                    y = F.interpolate(y, size=xs[i].shape[-2:], mode="bilinear", align_corners=False)
-                total = total + y
+                total = total + resize_to(layer(xs[j]), xs[i].shape[-2:])
             out.append(F.relu(total))
         return out
 
