@@ -367,12 +367,14 @@ def _dest(key: str) -> str:
     return "cfg__" + key.replace(".", "__")
 
 
-def add_config_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add ``--config FILE`` and one flag per config key to ``parser``."""
+def add_config_arguments(parser: argparse.ArgumentParser, exclude: tuple[str, ...] = ()) -> None:
+    """Add ``--config FILE`` and one flag per config key to ``parser``, except the keys in
+    ``exclude`` (dotted, e.g. ``"model.name"``: ``densemtl compare`` sets those per run)."""
     parser.add_argument("--config", metavar="FILE", help="YAML config file (flags override it)")
     group = parser.add_argument_group("config (override --config)")
     for flag, key, kwargs in _FLAGS:
-        group.add_argument(flag, dest=_dest(key), default=None, **kwargs)
+        if key not in exclude:
+            group.add_argument(flag, dest=_dest(key), default=None, **kwargs)
 
 
 def _parse_options(items: list[str], key: str) -> dict:
