@@ -55,14 +55,18 @@ class Encoded:
     """What the shared encoder computed, shallowest level first.
 
     ``first[j]``: output of level j's first conv unit (MTAN's u_j); ``last[j]``: output of its
-    last unit before pooling (p_j); ``indices[j]``: the pooling indices; ``bottleneck``: the pooled
-    output of the deepest level (f[4] channels at 1/32 resolution).
+    last unit before pooling (p_j); ``pooled[j]``: its max-pooled output and ``indices[j]`` the
+    pooling indices. ``bottleneck`` is the deepest pooled output (f[4] channels at 1/32 resolution).
     """
 
     first: list[torch.Tensor]
     last: list[torch.Tensor]
+    pooled: list[torch.Tensor]
     indices: list[torch.Tensor]
-    bottleneck: torch.Tensor
+
+    @property
+    def bottleneck(self) -> torch.Tensor:
+        return self.pooled[-1]
 
 
 @dataclass
@@ -102,15 +106,16 @@ class SegNet(nn.Module):
         return self.decoder[-1].out_channels
 
     def encode(self, x: torch.Tensor) -> Encoded:
-        first, last, indices = [], [], []
+        enc = Encoded([], [], [], [])
         for stage in self.encoder:
             u = stage.first(x)
             p = stage.rest(u)
             x, idx = self.pool(p)
-            first.append(u)
-            last.append(p)
-            indices.append(idx)
-        return Encoded(first, last, indices, x)
+            enc.first.append(u)
+            enc.last.append(p)
+            enc.pooled.append(x)
+            enc.indices.append(idx)
+        return enc
 
     def decode(self, bottleneck: torch.Tensor, indices: list[torch.Tensor]) -> Decoded:
         """Run the decoder from ``bottleneck`` using the encoder's pooling ``indices`` (shallow first)."""
