@@ -213,3 +213,18 @@ def test_aux_outputs_are_supervised_by_the_standard_losses():
 def test_without_aux_no_extra_outputs():
     model = create_model("atinet", {"depth": 1, "normal": 3}, width=WIDTH)
     assert set(model(torch.rand(1, 3, SIZE, SIZE))) == {"depth", "normal"}
+
+
+def test_preset_is_mtans_recipe_and_serves_mtan_too():
+    from densemtl.engine.config import resolve
+
+    cfg = resolve({}, {"preset": "atinet"})
+    # SPEC 5.2 / 5.7: Adam 1e-4 halved at the midpoint, 200 epochs, batch 2, DWA T = 2
+    assert (cfg.model.name, cfg.model.width, cfg.model.options) == ("atinet", 1.0, {})
+    assert (cfg.optim.name, cfg.optim.lr, cfg.epochs, cfg.batch_size) == ("adam", 1e-4, 200, 2)
+    assert (cfg.schedule.name, cfg.schedule.step_size, cfg.schedule.gamma) == ("step", None, 0.5)
+    assert (cfg.weighting.name, cfg.weighting.options) == ("dwa", {"T": 2.0})
+    assert (cfg.data.name, cfg.data.size, cfg.last_k) == ("nyuv2", (288, 384), 10)
+    assert resolve({}, {"preset": "atinet", "model": {"name": "mtan"}}).model.name == "mtan"
+    with pytest.raises(UserError, match="unknown preset"):
+        resolve({}, {"preset": "atinett"})
