@@ -46,10 +46,18 @@ def edges_from_segmentation(label: torch.Tensor, ignore_index: int = -1) -> torc
     return edge.float().unsqueeze(0)
 
 
-def _disk(radius: float) -> np.ndarray:
+def _reach(values: np.ndarray, ys: np.ndarray, xs: np.ndarray, radius: float) -> np.ndarray:
+    """For each position (ys[i], xs[i]): the largest of ``values`` within Euclidean ``radius``."""
     r = int(math.floor(radius))
-    yy, xx = np.mgrid[-r:r + 1, -r:r + 1]
-    return yy * yy + xx * xx <= radius * radius
+    padded = np.pad(values, r)
+    flat, row = padded.ravel(), padded.shape[1]
+    centre = (ys + r) * row + (xs + r)
+    best = np.zeros(len(ys), dtype=values.dtype)
+    for dy in range(-r, r + 1):
+        for dx in range(-r, r + 1):
+            if dy * dy + dx * dx <= radius * radius:
+                np.maximum(best, flat[centre + (dy * row + dx)], out=best)
+    return best
 
 
 class EdgeMeter(Meter):
@@ -89,7 +97,6 @@ class EdgeMeter(Meter):
                              f"{tuple(pred.shape)} and {tuple(target.shape)}")
         h, w = pred.shape[-2:]
         max_dist = self.tolerance * math.hypot(h, w)
-        footprint = _disk(max_dist)
         probs = pred.detach().float().cpu().numpy()[:, 0]
         targets = target.detach().cpu().numpy()[:, 0]
         for p, t in zip(probs, targets):
@@ -97,13 +104,12 @@ class EdgeMeter(Meter):
             gt = (t > 0.5) & evaluated
             # distance of every pixel to the nearest ground-truth edge (inf-like when none)
             near_gt = ndimage.distance_transform_edt(~gt) <= max_dist if gt.any() else np.zeros_like(gt)
-            # the strongest prediction within reach of every pixel: a ground-truth pixel is
-            # recalled at threshold t exactly when this is >= t
-            reach = ndimage.maximum_filter(np.where(evaluated, p, 0.0), footprint=footprint, mode="constant")
-            scored = p[evaluated]
-            self.pred_total += self._counts_at_or_above(scored)
+            # the strongest prediction within reach of each ground-truth pixel: it is recalled
+            # at threshold t exactly when this is >= t
+            reach = _reach(np.where(evaluated, p, 0.0), *np.nonzero(gt), max_dist)
+            self.pred_total += self._counts_at_or_above(p[evaluated])
             self.pred_matched += self._counts_at_or_above(p[evaluated & near_gt])
-            self.gt_matched += self._counts_at_or_above(reach[gt])
+            self.gt_matched += self._counts_at_or_above(reach)
             self.gt_total += int(gt.sum())
             self.images += 1
 
