@@ -231,8 +231,9 @@ def normal_angles(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """
     _check_shapes("normal", pred, target)
     valid = (target != 0).any(dim=1)
-    p = normalize_normals(pred.double()).permute(0, 2, 3, 1)[valid]
-    g = normalize_normals(target.double()).permute(0, 2, 3, 1)[valid]
+    # M x 3 vectors of the valid pixels (normalize_normals works along dim 1, the components)
+    p = normalize_normals(pred.permute(0, 2, 3, 1)[valid].double())
+    g = normalize_normals(target.permute(0, 2, 3, 1)[valid].double())
     cos = (p * g).sum(dim=1).clamp(-1.0, 1.0)
     return torch.rad2deg(torch.acos(cos))
 
