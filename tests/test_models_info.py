@@ -28,6 +28,24 @@ def test_count_gflops_by_hand_and_restores_mode():
     assert all(m.training for m in model.modules())
 
 
+class _DataDependent(nn.Module):
+    """Branches on a tensor's value, which the meta device cannot provide."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 2, 1)
+
+    def forward(self, x):
+        return self.conv(x) if x.sum().item() >= 0 else x
+
+
+def test_count_gflops_runs_data_dependent_models_for_real():
+    macs = 8 * 8 * 3 * 2
+    assert count_gflops(_DataDependent(), (8, 8)) == pytest.approx(2 * macs / 1e9)
+    with torch.device("meta"), pytest.raises(RuntimeError):
+        count_gflops(_DataDependent(), (8, 8))
+
+
 def test_mtan_segnet_compute_matches_the_paper():
     with torch.device("meta"):
         model = create_model("mtan", {"semantic": 13, "depth": 1, "normal": 3})

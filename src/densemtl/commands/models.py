@@ -63,7 +63,7 @@ def model_info(name: str, data: str = "nyuv2", width: float = 1.0, size: tuple[i
     """Parameters and GFLOPs (one image) of model ``name`` for dataset ``data``'s tasks.
 
     The model is built on the ``meta`` device (no memory, no initialisation cost), so full-width
-    models are cheap to describe.
+    models are cheap to describe; only a model that cannot run on shapes alone is built for real.
     """
     from ..data import dataset_info
 
@@ -77,11 +77,16 @@ def model_info(name: str, data: str = "nyuv2", width: float = 1.0, size: tuple[i
     size = size or info.size
     check_input_size(name, *size)
     channels = task_channels(make_tasks(tasks, num_classes=info.num_classes))
+    options = options or {}
     with torch.device("meta"):
-        model = create_model(name, channels, width=width, **(options or {}))
+        model = create_model(name, channels, width=width, **options)
+    params = count_params(model)
+    try:
+        gflops = count_gflops(model, size)
+    except (NotImplementedError, RuntimeError):  # the model needs real values to run: build it for real
+        gflops = count_gflops(create_model(name, channels, width=width, **options), size)
     return {"model": name, "family": entry.family, "data": data, "tasks": channels, "width": width,
-            "size": list(size), "params": count_params(model), "gflops": round(count_gflops(model, size), 3),
-            "options": options or {}}
+            "size": list(size), "params": params, "gflops": round(gflops, 3), "options": options}
 
 
 def run_info(args: argparse.Namespace) -> int:

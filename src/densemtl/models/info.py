@@ -21,8 +21,9 @@ def count_gflops(model: nn.Module, size: tuple[int, int], batch: int = 1) -> flo
     Counted by :class:`torch.utils.flop_counter.FlopCounterMode`, which counts 2 FLOPs per
     multiply-add of convolutions and matrix products (normalisation, activations and pooling
     are not counted). The pass runs on the ``meta`` device (shapes only, no arithmetic, no copy
-    of the weights), in eval mode; operators without a meta kernel fall back to a real pass on
-    the model's device. The model's train/eval mode is restored afterwards.
+    of the weights), in eval mode; a model that needs real values (data-dependent control flow,
+    ``.item()``) is run for real on its device instead, which fails if the model itself lives on
+    the meta device. The model's train/eval mode is restored afterwards.
     """
     h, w = size
     was_training = [m.training for m in model.modules()]
@@ -32,7 +33,7 @@ def count_gflops(model: nn.Module, size: tuple[int, int], batch: int = 1) -> flo
             tensors = {name: t.to("meta") for name, t in
                        itertools.chain(model.named_parameters(), model.named_buffers())}
             return _count(lambda x: functional_call(model, tensors, (x,)), batch, h, w, "meta")
-        except NotImplementedError:
+        except (NotImplementedError, RuntimeError):  # needs real values; real errors recur below
             device = next(itertools.chain(model.parameters(), model.buffers())).device
             return _count(model, batch, h, w, device)
     finally:
