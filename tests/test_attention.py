@@ -132,9 +132,9 @@ def test_fpma_task_weights_sum_to_one_and_shapes():
     with record_attention(fpma) as attn:
         out = fpma(feats)
     assert {t: o.shape for t, o in out.items()} == {t: (2, 6, 5, 8) for t in names}
-    w = attn["task_weights"]
-    assert w.shape == (2, 2, 5, 8)
-    torch.testing.assert_close(w.sum(dim=1), torch.ones(2, 5, 8))
+    assert set(attn) == {"weight_semantic", "weight_depth", "mixer.blocks.0.received"}
+    assert attn["weight_depth"].shape == (2, 1, 5, 8)
+    torch.testing.assert_close(attn["weight_semantic"] + attn["weight_depth"], torch.ones(2, 1, 5, 8))
 
 
 # ------------------------------------------------------------------------------------- CTAM
@@ -168,3 +168,33 @@ def test_cross_scale_head_fused_width_and_recording():
     assert set(attn) == {"attend.0.from_scale1", "attend.0.from_scale2", "attend.0.from_scale3",
                          "attend.1.from_scale2", "attend.1.from_scale3", "attend.2.from_scale3"}
     assert attn["attend.0.from_scale3"].shape == (2, 1, 2, 2)  # over the coarser (source) positions
+
+
+# ------------------------------------------------------------------------------ pictures
+
+def test_save_attention_pictures_draws_each_map_over_the_image(tmp_path):
+    from PIL import Image
+
+    from densemtl.attention_viz import save_attention_pictures
+
+    hot = torch.zeros(1, 1, 4, 4)
+    hot[..., :2, :2] = 1.0  # attention on the top-left quarter
+    two = torch.rand(2, 2, 3, 5)  # K = 2 maps: two panels; only the first sample is drawn
+    image = torch.full((3, 32, 48), 0.5)
+    paths = save_attention_pictures({"ctam.semantic<-depth.received": hot, "fpma.w": two}, image, tmp_path,
+                                    prefix="img_attention")
+    assert [p.name for p in paths] == ["img_attention_000_ctam.semantic_-depth.received.png",
+                                       "img_attention_001_fpma.w.png"]
+    rgb = np.asarray(Image.open(paths[0]).convert("RGB")).astype(int)
+    # heat-map pixels (inferno's top end over grey): reddish-yellow; cold ones (its bottom): dark
+    warm = (rgb[..., 0] > 180) & (rgb[..., 2] < 170)
+    cold = rgb.sum(axis=2) < 200
+    ys, xs = np.nonzero(cold | warm)
+    top, bottom, left, right = ys.min(), ys.max(), xs.min(), xs.max()
+    wy, wx = np.nonzero(warm)
+    assert warm.sum() > 50
+    assert wy.mean() < (top + bottom) / 2 and wx.mean() < (left + right) / 2
+    wide = np.asarray(Image.open(paths[1]))
+    assert wide.shape[1] > rgb.shape[1]  # two panels side by side
+    with pytest.raises(ValueError):
+        save_attention_pictures({"bad": torch.zeros(4, 4)}, image, tmp_path)

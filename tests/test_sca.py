@@ -51,7 +51,7 @@ def test_record_attention_covers_every_attention_module():
         model(torch.randn(1, 3, 64, 64))
     assert "context.0.blocks.1.received" in attn  # window self-attention on the backbone
     assert "interact.2.attend.semantic.depth.received" in attn  # CTAM: semantic attends to depth
-    assert "propagate.0.task_weights" in attn and attn["propagate.0.task_weights"].shape == (1, 2, 8, 8)
+    assert attn["propagate.0.weight_semantic"].shape == (1, 1, 8, 8)  # FPMA, scale 1 -> 0
     assert "heads.depth.attend.0.from_scale3" in attn  # CSAM
     assert all(v.dim() == 4 for v in attn.values())
 

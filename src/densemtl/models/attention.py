@@ -274,8 +274,8 @@ class TaskGatedPropagation(RecordsAttention):
     pixel, weights each task's own feature (the intended form; the official MTI-Net and
     SCA-MTL code apply it to groups of adjacent channels instead). The weighted features are
     reduced to C channels by a residual block, and every task gets the result back through its
-    own squeeze-excitation gate plus a residual. Recorded: ``task_weights`` (N x T x H x W),
-    the softmax weight of each task averaged over channels.
+    own squeeze-excitation gate plus a residual. Recorded: ``weight_<task>`` (N x 1 x H x W),
+    the softmax weight of each task averaged over channels (they sum to 1 over the tasks).
     """
 
     def __init__(self, task_names: Sequence[str], channels: int, mixer: nn.Module) -> None:
@@ -288,7 +288,9 @@ class TaskGatedPropagation(RecordsAttention):
     def forward(self, features: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         stacked = torch.stack([features[t] for t in self.task_names], dim=1)  # N x T x C x H x W
         weights = self.mixer(stacked.flatten(1, 2)).view_as(stacked).softmax(dim=1)
-        self.save_attention("task_weights", weights.mean(dim=2))
+        if self._attention_sink is not None:
+            for i, t in enumerate(self.task_names):
+                self.save_attention(f"weight_{t}", weights[:, i].mean(dim=1, keepdim=True))
         shared = self.reduce((weights * stacked).flatten(1, 2))
         return {t: self.excite[t](shared) + features[t] for t in self.task_names}
 
