@@ -64,3 +64,17 @@ def test_pretrained_backbone_option(tmp_path):
     torch.save(source.state_dict(), path)
     model = create_model("sca_mtl", {"depth": 1}, width=0.25, pretrained=str(path))
     assert torch.equal(model.backbone.conv1.weight, source.conv1.weight)
+
+
+def test_presets_carry_the_official_recipes():
+    from densemtl.engine.config import resolve
+
+    cfg = resolve({}, {"preset": "sca_mtl"})
+    assert (cfg.model.name, cfg.data.name, cfg.data.size, cfg.data.tasks) == (
+        "sca_mtl", "nyud", (480, 640), ["semantic", "depth"])
+    assert (cfg.optim.name, cfg.optim.lr, cfg.optim.weight_decay) == ("adam", 1e-4, 1e-4)
+    assert (cfg.schedule.name, cfg.schedule.power, cfg.epochs, cfg.batch_size) == ("poly", 0.9, 100, 10)
+    mtan = resolve({}, {"preset": "mtan"})
+    assert (mtan.model.name, mtan.optim.lr, mtan.schedule.name, mtan.schedule.gamma, mtan.batch_size,
+            mtan.epochs) == ("mtan", 1e-4, "step", 0.5, 2, 200)
+    assert mtan.schedule.step_size is None  # None = half the epochs: halved at the midpoint
