@@ -103,20 +103,11 @@ class NpyLayoutDataset(Dataset):
 
     def load_arrays(self, index: int) -> dict[str, np.ndarray]:
         """Validated numpy arrays of one sample, channels last, before any transform."""
-        raw = {key: (load_npy(p), p) for key in self.keys for p in [self.path(key, index)]}
-        check_same_size(raw)
-        out = {}
-        for key, (arr, p) in raw.items():
-            if key == "image":
-                out[key] = check_image(arr, p)
-            elif key == "semantic":
-                out[key] = check_label(arr, p, self.info.num_classes)
-            elif key == "depth":
-                out[key] = check_depth(arr, p)
-            elif key == "normal":
-                out[key] = check_normal(arr, p)
-            else:
-                raise AssertionError(f"no check for {key!r}")
+        out, paths = {}, {}
+        for key in self.keys:
+            paths[key] = p = self.path(key, index)
+            out[key] = _CHECKS[key](load_npy(p), p, self.info.num_classes)
+        check_same_size({key: (arr, paths[key]) for key, arr in out.items()})
         return out
 
     def __getitem__(self, index: int) -> Sample:
@@ -139,6 +130,14 @@ class NpyLayoutDataset(Dataset):
     def __repr__(self) -> str:
         return (f"{type(self).__name__}(variant={self.info.variant!r}, root={str(self.root)!r}, "
                 f"split={self.split!r}, tasks={list(self.tasks)}, samples={self.num_samples})")
+
+
+_CHECKS = {  # sample key -> (array, path, num_classes) -> validated array
+    "image": lambda a, p, _: check_image(a, p),
+    "semantic": check_label,
+    "depth": lambda a, p, _: check_depth(a, p),
+    "normal": lambda a, p, _: check_normal(a, p),
+}
 
 
 def _to_tensor(key: str, arr: np.ndarray) -> torch.Tensor:
