@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from densemtl.errors import UserError
 from densemtl.models import create_model
 from densemtl.models.attention import record_attention
 from densemtl.models.distill import MultiModalDistillation
@@ -88,6 +89,12 @@ def test_parameter_counts_match_official_models(name, official):
     assert sum(p.numel() for p in model.parameters()) == official
 
 
+def test_padnet_segnet_parameter_count_matches_atinet_code():
+    # PAD_Net of Armanfard-Lab/ATI-Net (padnet.py): NYUv2 13 classes, depth, normals
+    model = create_model("padnet_segnet", {"semantic": 13, "depth": 1, "normal": 3}, width=1.0)
+    assert sum(p.numel() for p in model.parameters()) == 45_938_641
+
+
 def test_mtinet_forward_backward_keys_and_shapes():
     tasks = {"semantic": 13, "depth": 1, "normal": 3}
     model = create_model("mtinet", tasks, width=0.25)
@@ -112,3 +119,14 @@ def test_padnet_forward_backward_keys_shapes_and_recording():
     assert set(attn) == {"distill.semantic<-edge", "distill.edge<-semantic"}
     sum(v.mean() for v in out.values()).backward()
     assert [n for n, p in model.named_parameters() if p.grad is None] == []
+
+
+def test_padnet_segnet_forward_backward_and_input_check():
+    tasks = {"semantic": 13, "depth": 1}
+    model = create_model("padnet_segnet", tasks, width=0.125)
+    out = model(torch.randn(2, 3, 64, 96))
+    assert {key: tuple(v.shape) for key, v in out.items()} == {"semantic": (2, 13, 64, 96), "depth": (2, 1, 64, 96)}
+    sum(v.mean() for v in out.values()).backward()
+    assert [n for n, p in model.named_parameters() if p.grad is None] == []
+    with pytest.raises(UserError, match="multiples of 32"):
+        model(torch.randn(1, 3, 50, 64))
