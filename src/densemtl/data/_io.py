@@ -172,9 +172,9 @@ def atomic_dir(out: Path, overwrite: bool = False) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
     try:
         yield tmp
-        if out.exists():
+        if overwrite and out.exists():
             shutil.rmtree(out)
-        os.replace(tmp, out)
+        os.replace(tmp, out)  # fails (OSError) if another writer created ``out`` meanwhile
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
