@@ -197,7 +197,7 @@ class SwinBlock(RecordsAttention):
         bias = self.relative_position_bias[self.relative_index.flatten()].view(t, t, self.heads)
         logits = logits + bias.permute(2, 0, 1)
         blocked, real = self._window_masks(h, w, hp, wp, x.device)
-        if blocked.any():
+        if self.shift or (hp, wp) != (h, w):  # decided on sizes: no device sync
             logits = logits.view(n, -1, self.heads, t, t).masked_fill(blocked[None, :, None], -1e4).view(b, -1, t, t)
         attn = logits.softmax(dim=-1)
         if self._attention_sink is not None:
