@@ -44,6 +44,18 @@ def test_cam_equals_naive_quadratic_attention_across_resolutions():
     np.testing.assert_allclose(attn["received"].sum(dim=(2, 3)).numpy(), 1.0, rtol=1e-5)
 
 
+
+def test_cam_sums_stay_in_float32_under_autocast():
+    torch.manual_seed(0)
+    cam = CAM(4, 4, 4).eval()
+    target, source = torch.randn(1, 4, 8, 8), torch.randn(1, 4, 8, 8) * 50
+    with torch.no_grad():
+        reference = cam(target, source)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            mixed = cam(target, source)
+    assert mixed.dtype == torch.float32
+    torch.testing.assert_close(mixed, reference, rtol=0.05, atol=0.05)
+
 # ---------------------------------------------------------------------------- window attention
 
 def _naive_window_block(block: SwinBlock, x: torch.Tensor) -> np.ndarray:

@@ -80,7 +80,8 @@ class CAM(RecordsAttention):
     ``q = softplus(BN(conv(ReLU(BN(conv(target))))))``, ``k`` the same form on the source,
     ``v = ReLU(BN(conv(source)))``; ``out_i = sum_j v_j (k_j . q_i) / sum_j (k_j . q_i)``.
     Cost O(HW C^2): target and source may have different sizes. The output has the target's
-    size and ``channels`` channels. Recorded: the attention each source position receives,
+    size and ``channels`` channels (float32: the attention sums are never computed in half
+    precision). Recorded: the attention each source position receives,
     averaged over target positions (N x 1 x Hs x Ws).
     """
 
@@ -99,11 +100,13 @@ class CAM(RecordsAttention):
 
     def forward(self, target: torch.Tensor, source: torch.Tensor, tag: str = "received") -> torch.Tensor:
         n, _, h, w = target.shape
-        q = self.query(target).flatten(2)  # N x D x Nt
-        k = self.key(source).flatten(2)  # N x D x Ns
-        v = self.value(source).flatten(2)  # N x C x Ns
-        denom = (k.sum(dim=2, keepdim=True).transpose(1, 2) @ q).clamp_min(self.eps)  # N x 1 x Nt
-        out = (v @ k.transpose(1, 2)) @ q / denom
+        # the sums run over every source position: kept in float32 under mixed precision
+        q = self.query(target).flatten(2).float()  # N x D x Nt
+        k = self.key(source).flatten(2).float()  # N x D x Ns
+        v = self.value(source).flatten(2).float()  # N x C x Ns
+        with torch.autocast(target.device.type, enabled=False):
+            denom = (k.sum(dim=2, keepdim=True).transpose(1, 2) @ q).clamp_min(self.eps)  # N x 1 x Nt
+            out = (v @ k.transpose(1, 2)) @ q / denom
         if self._attention_sink is not None:
             received = k.transpose(1, 2) @ (q / denom).mean(dim=2, keepdim=True)  # N x Ns x 1
             self.save_attention(tag, received.transpose(1, 2).reshape(n, 1, *source.shape[-2:]))
