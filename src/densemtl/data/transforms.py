@@ -142,3 +142,37 @@ class Augment:
 def make_augment(info, **kwargs) -> Augment:
     """The augmentation for a dataset described by ``info`` (a DatasetInfo)."""
     return Augment(depth_kind=info.depth_kind, **kwargs)
+
+
+def resize(sample: dict, size: tuple[int, int]) -> dict:
+    """Resize every spatial key to ``size`` (height, width) the way its content requires (image
+    bilinear, normals bilinear + re-normalised, labels/depth/edges nearest). Depth values are kept:
+    the whole field of view is resampled, nothing is zoomed."""
+    out = {}
+    for key, value in sample.items():
+        if not torch.is_tensor(value) or tuple(value.shape[-2:]) == tuple(size):
+            out[key] = value
+            continue
+        kind = _kind(key)
+        x = value[None] if kind == "label" else value
+        if kind == "image":
+            x = _resize(x, size, "bilinear")
+        elif kind == "normal":
+            x = _resize_normals(x, size)
+        else:
+            x = _resize(x, size, "nearest-exact")
+        out[key] = x[0] if kind == "label" else x
+    return out
+
+
+class Resize:
+    """Transform: :func:`resize` every sample to ``size`` (the trainer's ``data.size``)."""
+
+    def __init__(self, size: tuple[int, int]) -> None:
+        self.size = (int(size[0]), int(size[1]))
+
+    def __call__(self, sample: dict) -> dict:
+        return resize(sample, self.size)
+
+    def __repr__(self) -> str:
+        return f"Resize(size={self.size})"
