@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from densemtl.data import build_dataset, dataset_info
-from densemtl.data.transforms import Augment, CropParams, hflip, make_augment, scale_crop
+from densemtl.data.transforms import Augment, CropParams, Resize, hflip, make_augment, scale_crop
 from densemtl.errors import UserError
 
 # NYU Kinect RGB intrinsics (PROVENANCE.md) at 480x640, scaled to the fixture's 288x384.
@@ -112,6 +112,20 @@ def test_disparity_is_multiplied_and_unit_scale_is_identity(frames):
     same = scale_crop(s, CropParams(1.0, 0, 0, 288, 384))
     for key in ("image", "semantic", "depth", "normal"):
         assert torch.equal(same[key], s[key])
+
+
+def test_resize_to_a_training_size(frames):
+    s = frames[1]
+    out = Resize((144, 192))(s)
+    # Halving at pixel centres samples odd rows and columns; depth values are not rescaled.
+    np.testing.assert_array_equal(out["semantic"].numpy(), s["semantic"].numpy()[1::2, 1::2])
+    np.testing.assert_array_equal(out["depth"].numpy(), s["depth"].numpy()[:, 1::2, 1::2])
+    n = out["normal"]
+    zero = (n == 0).all(0)
+    assert torch.equal(zero, (s["normal"][:, 1::2, 1::2] == 0).all(0))
+    assert (n.norm(dim=0)[~zero] - 1).abs().max() < 1e-5
+    assert out["image"].shape == (3, 144, 192) and out["index"] == s["index"]
+    assert Resize((288, 384))(s) is s
 
 
 def test_edge_maps_stay_binary(frames):

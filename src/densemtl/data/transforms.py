@@ -1,4 +1,5 @@
-"""Task-aware augmentation of sample dicts (SPEC 1.4): random scale-crop and horizontal flip.
+"""Task-aware transforms of sample dicts: resizing, and the augmentation of SPEC 1.4 (random
+scale-crop and horizontal flip).
 
 Each key is resampled the way its content requires: the image bilinearly; labels and edges by
 nearest neighbour (so no class is invented at a boundary and invalid values stay invalid); depth by
@@ -61,8 +62,11 @@ def _resize_normals(n: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return out * valid
 
 
-def scale_crop(sample: dict, params: CropParams, depth_kind: str = "depth") -> dict:
-    """Crop ``params``' window from every spatial key and resize it back to the input size."""
+def _resample(sample: dict, window: tuple[int, int, int, int], size: tuple[int, int],
+              depth_factor: float) -> dict:
+    """Cut ``window`` (top, left, height, width) from every spatial key, resize it to ``size`` the
+    way each key's content requires, and multiply depth by ``depth_factor``."""
+    top, left, height, width = window
     out = {}
     for key, value in sample.items():
         if not torch.is_tensor(value):
@@ -70,19 +74,47 @@ def scale_crop(sample: dict, params: CropParams, depth_kind: str = "depth") -> d
             continue
         kind = _kind(key)
         x = value[None] if kind == "label" else value  # labels are H x W
-        size = tuple(x.shape[-2:])
-        x = x[..., params.top:params.top + params.height, params.left:params.left + params.width]
-        if (params.height, params.width) != size:
+        x = x[..., top:top + height, left:left + width]
+        if (height, width) != tuple(size):
             if kind == "image":
                 x = _resize(x, size, "bilinear")
             elif kind == "normal":
                 x = _resize_normals(x, size)
             else:
                 x = _resize(x, size, "nearest-exact")
-        if kind == "depth":
-            x = x * params.scale if depth_kind == "disparity" else x / params.scale
+        if kind == "depth" and depth_factor != 1:
+            x = x * depth_factor
         out[key] = x[0] if kind == "label" else x
     return out
+
+
+def _spatial_size(sample: dict) -> tuple[int, int]:
+    return next(tuple(v.shape[-2:]) for v in sample.values() if torch.is_tensor(v) and v.ndim >= 2)
+
+
+def scale_crop(sample: dict, params: CropParams, depth_kind: str = "depth") -> dict:
+    """Crop ``params``' window from every spatial key and resize it back to the input size."""
+    factor = params.scale if depth_kind == "disparity" else 1 / params.scale
+    window = (params.top, params.left, params.height, params.width)
+    return _resample(sample, window, _spatial_size(sample), factor)
+
+
+class Resize:
+    """Resize every spatial key of a sample to ``size`` (height, width); depth values are kept
+    (the whole view is resampled, nothing moves closer). A sample already that size is returned
+    unchanged."""
+
+    def __init__(self, size: tuple[int, int]) -> None:
+        self.size = (int(size[0]), int(size[1]))
+
+    def __call__(self, sample: dict) -> dict:
+        h, w = _spatial_size(sample)
+        if (h, w) == self.size:
+            return sample
+        return _resample(sample, (0, 0, h, w), self.size, 1.0)
+
+    def __repr__(self) -> str:
+        return f"Resize({self.size[0]}x{self.size[1]})"
 
 
 def hflip(sample: dict) -> dict:
@@ -131,7 +163,7 @@ class Augment:
         return bool(torch.rand((), generator=self.generator) < self.flip_p)
 
     def __call__(self, sample: dict) -> dict:
-        height, width = next(v.shape[-2:] for v in sample.values() if torch.is_tensor(v) and v.ndim >= 2)
+        height, width = _spatial_size(sample)
         sample = scale_crop(sample, self.sample_crop(height, width), self.depth_kind)
         return hflip(sample) if self.sample_flip() else sample
 
