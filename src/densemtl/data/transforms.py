@@ -99,22 +99,27 @@ def scale_crop(sample: dict, params: CropParams, depth_kind: str = "depth") -> d
     return _resample(sample, window, _spatial_size(sample), factor)
 
 
+def resize(sample: dict, size: tuple[int, int]) -> dict:
+    """Resize every spatial key to ``size`` (height, width) the way its content requires. Depth
+    values are kept: the whole view is resampled, nothing moves closer. A sample that already has
+    that size is returned unchanged."""
+    h, w = _spatial_size(sample)
+    if (h, w) == tuple(size):
+        return sample
+    return _resample(sample, (0, 0, h, w), tuple(size), 1.0)
+
+
 class Resize:
-    """Resize every spatial key of a sample to ``size`` (height, width); depth values are kept
-    (the whole view is resampled, nothing moves closer). A sample already that size is returned
-    unchanged."""
+    """Transform: :func:`resize` every sample to ``size`` (the trainer's ``data.size``)."""
 
     def __init__(self, size: tuple[int, int]) -> None:
         self.size = (int(size[0]), int(size[1]))
 
     def __call__(self, sample: dict) -> dict:
-        h, w = _spatial_size(sample)
-        if (h, w) == self.size:
-            return sample
-        return _resample(sample, (0, 0, h, w), self.size, 1.0)
+        return resize(sample, self.size)
 
     def __repr__(self) -> str:
-        return f"Resize({self.size[0]}x{self.size[1]})"
+        return f"Resize(size={self.size})"
 
 
 def hflip(sample: dict) -> dict:
@@ -175,36 +180,3 @@ def make_augment(info, **kwargs) -> Augment:
     """The augmentation for a dataset described by ``info`` (a DatasetInfo)."""
     return Augment(depth_kind=info.depth_kind, **kwargs)
 
-
-def resize(sample: dict, size: tuple[int, int]) -> dict:
-    """Resize every spatial key to ``size`` (height, width) the way its content requires (image
-    bilinear, normals bilinear + re-normalised, labels/depth/edges nearest). Depth values are kept:
-    the whole field of view is resampled, nothing is zoomed."""
-    out = {}
-    for key, value in sample.items():
-        if not torch.is_tensor(value) or tuple(value.shape[-2:]) == tuple(size):
-            out[key] = value
-            continue
-        kind = _kind(key)
-        x = value[None] if kind == "label" else value
-        if kind == "image":
-            x = _resize(x, size, "bilinear")
-        elif kind == "normal":
-            x = _resize_normals(x, size)
-        else:
-            x = _resize(x, size, "nearest-exact")
-        out[key] = x[0] if kind == "label" else x
-    return out
-
-
-class Resize:
-    """Transform: :func:`resize` every sample to ``size`` (the trainer's ``data.size``)."""
-
-    def __init__(self, size: tuple[int, int]) -> None:
-        self.size = (int(size[0]), int(size[1]))
-
-    def __call__(self, sample: dict) -> dict:
-        return resize(sample, self.size)
-
-    def __repr__(self) -> str:
-        return f"Resize(size={self.size})"
