@@ -130,3 +130,19 @@ def test_padnet_segnet_forward_backward_and_input_check():
     assert [n for n, p in model.named_parameters() if p.grad is None] == []
     with pytest.raises(UserError, match="multiples of 32"):
         model(torch.randn(1, 3, 50, 64))
+
+
+def test_hrnet_baselines_by_hand():
+    backbone = 3_860_720  # HRNet-W18-small-v2 (tests/test_hrnet.py)
+    fuse = 270 * 270 + 270 + 2 * 270  # 1x1 conv with bias + BN over 18 + 36 + 72 + 144 channels
+
+    def head(out):
+        return fuse + 270 * out + out
+
+    split = create_model("split_hrnet", NYUD, width=1.0)
+    assert sum(p.numel() for p in split.parameters()) == backbone + head(40) + head(1)
+    single = create_model("single_hrnet", {"depth": 1}, width=0.25)
+    out = single(torch.randn(1, 3, 64, 64))
+    assert list(out) == ["depth"] and out["depth"].shape == (1, 1, 64, 64)
+    with pytest.raises(UserError, match="single-task"):
+        create_model("single_hrnet", NYUD, width=0.25)

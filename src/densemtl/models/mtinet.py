@@ -7,6 +7,10 @@ for 1/4 ... 3 for 1/32) from the scale's feature concatenated with the task feat
 from the coarser scale; a task-interaction module; a feature-propagation module that hands the
 task features to the next finer scale. Each task's head combines its interacted features of all
 scales and is upsampled to the input size.
+
+Also the HRNet baselines of the MTI-Net codebase: ``single_hrnet`` (one network per task, the
+Δm reference for the HRNet models) and ``split_hrnet`` (shared backbone, one HRNet head per
+task).
 """
 
 from __future__ import annotations
@@ -156,3 +160,28 @@ def mtinet(tasks: dict[str, int], width: float = 1.0, pretrained: str | None = N
         propagate=nn.ModuleList(FPM(names, c) for c in ch[1:]),
         heads=nn.ModuleDict({t: MultiScaleHead(ch, out) for t, out in tasks.items()}),
     )
+
+
+class HRNetSplit(nn.Module):
+    """Shared HRNet backbone and one :class:`MultiScaleHead` per task (hard parameter sharing)."""
+
+    def __init__(self, tasks: dict[str, int], width: float = 1.0, pretrained: str | None = None) -> None:
+        super().__init__()
+        self.backbone = hrnet_backbone(width, pretrained)
+        self.heads = nn.ModuleDict({t: MultiScaleHead(self.backbone.channels, out) for t, out in tasks.items()})
+
+    def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        scales = self.backbone(images)
+        return {t: resize_to(head(scales), images.shape[-2:]) for t, head in self.heads.items()}
+
+
+@register_model("split_hrnet", family="hrnet", options={"pretrained": None},
+                description="HRNet-W18-small-v2 shared by all tasks, one HRNet head per task")
+def split_hrnet(tasks: dict[str, int], width: float = 1.0, pretrained: str | None = None) -> HRNetSplit:
+    return HRNetSplit(tasks, width, pretrained)
+
+
+@register_model("single_hrnet", family="hrnet", single_task=True, options={"pretrained": None},
+                description="single-task HRNet-W18-small-v2 + HRNet head (Δm baseline of the HRNet models)")
+def single_hrnet(tasks: dict[str, int], width: float = 1.0, pretrained: str | None = None) -> HRNetSplit:
+    return HRNetSplit(tasks, width, pretrained)
