@@ -123,35 +123,34 @@ def save_preview(
     """Write a grid: one row per sample, columns image | GT and prediction of every task.
 
     ``preds`` are activated predictions (:meth:`Task.activate`); depth GT and prediction of a row
-    share the GT's colour range so their colours compare.
+    share the GT's colour range so their colours compare. Small inputs are enlarged (nearest) so
+    every panel is at least 96 pixels high. Drawn with PIL: fast enough to run every epoch.
     """
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
+    from PIL import ImageDraw
 
     rows = min(max_rows, images.shape[0])
     names = [t for t in tasks if t in targets and t in preds]
-    cols = 1 + 2 * len(names)
     h, w = images.shape[-2:]
-    cell = 2.2
-    fig = Figure(figsize=(cols * cell * w / max(h, w) + 0.2, rows * cell * h / max(h, w) + 0.6))
-    FigureCanvasAgg(fig)
-    axes = fig.subplots(rows, cols, squeeze=False)
+    zoom = max(1, -(-96 // h))
+    gap, head = 4, 14
+    labels = ["image"] + [f"{name} {which}" for name in names for which in ("GT", "pred")]
+    top = head * (2 if title else 1)
+    canvas = np.full((top + rows * (h * zoom + gap), len(labels) * (w * zoom + gap) - gap, 3), 255, np.uint8)
     for r in range(rows):
-        panels = [("image", colorize_image(images[r]))]
+        panels = [colorize_image(images[r])]
         for name in names:
             task = tasks[name]
             limits = depth_range(targets[name][r]) if task.target_kind == "depth" else None
-            panels.append((f"{name} GT", colorize(task, targets[name][r], limits)))
-            panels.append((f"{name} pred", colorize(task, preds[name][r], limits)))
-        for c, (label, rgb) in enumerate(panels):
-            ax = axes[r][c]
-            ax.imshow(rgb, interpolation="nearest")
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if r == 0:
-                ax.set_title(label, fontsize=8)
+            panels += [colorize(task, targets[name][r], limits), colorize(task, preds[name][r], limits)]
+        y = top + r * (h * zoom + gap)
+        for c, rgb in enumerate(panels):
+            x = c * (w * zoom + gap)
+            canvas[y:y + h * zoom, x:x + w * zoom] = rgb.repeat(zoom, axis=0).repeat(zoom, axis=1)
+    picture = Image.fromarray(canvas)
+    draw = ImageDraw.Draw(picture)
     if title:
-        fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
+        draw.text((2, 1), title, fill=(0, 0, 0))
+    for c, label in enumerate(labels):
+        draw.text((c * (w * zoom + gap) + 2, top - head + 1), label, fill=(0, 0, 0))
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
+    picture.save(path)
