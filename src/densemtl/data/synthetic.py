@@ -855,6 +855,7 @@ def generate_dataset(out: str | Path, train: int, val: int, size: tuple[int, int
     """
     _check_counts(train, val, size)
     start = time.perf_counter()
+    live = sys.stderr.isatty()  # a running count only on a terminal, not in logs
     with atomic_dir(Path(out), overwrite=overwrite) as tmp:
         for split, count in (("train", train), ("val", val)):
             for key in ("image", "label", "depth", "normal"):
@@ -862,7 +863,7 @@ def generate_dataset(out: str | Path, train: int, val: int, size: tuple[int, int
             for i in range(count):
                 for key, arr in generate_scene(seed, split, i, size).items():
                     np.save(tmp / split / key / f"{i}.npy", arr)
-                if progress and (i + 1) % 50 == 0:
+                if progress and live and (i + 1) % 50 == 0:
                     print(f"\r{split}: {i + 1}/{count} scenes", end="", file=sys.stderr, flush=True)
             if progress and count:
                 print(f"\r{split}: {count}/{count} scenes", file=sys.stderr)
