@@ -16,11 +16,9 @@ the target with :func:`os.replace`, so a crash or a kill mid-write leaves the pr
 from __future__ import annotations
 
 import os
-import pickle
 import random
 import shutil
 import tempfile
-import zipfile
 from pathlib import Path
 from typing import Any, Callable
 
@@ -80,7 +78,7 @@ def load_checkpoint(path: str | Path) -> dict:
         raise UserError(f"checkpoint {path} does not exist")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, EOFError, OSError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError) as e:
+    except Exception as e:  # noqa: BLE001 - any unpickling failure (struct, zip, EOF, ...) = unreadable file
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise UserError(f"checkpoint {path} is not a readable densemtl checkpoint ({first})") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
