@@ -326,41 +326,53 @@ def resolve(yaml_values: dict | None = None, flag_values: dict | None = None) ->
 # ----------------------------------------------------------------------------- command line
 
 # (flag, dotted config key, argparse kwargs). Defaults are None = "not given" so that only the
-# flags a user typed override the YAML file / preset / run being resumed.
+# flags a user typed override the YAML file / preset / run being resumed. Help texts without a
+# "(default" get the dataclass default appended, so the help never drifts from the code.
 _FLAGS: tuple[tuple[str, str, dict], ...] = (
-    ("--data", "data.name", dict(metavar="NAME", help="dataset: synthetic (default), nyuv2, cityscapes, ...")),
+    ("--data", "data.name", dict(metavar="NAME", help="dataset: synthetic, nyuv2, cityscapes, nyud, ...")),
     ("--data-root", "data.root", dict(metavar="DIR", help="dataset folder (default for synthetic: the cache)")),
     ("--size", "data.size", dict(metavar="HxW", help="training size, e.g. 96x128 (default: the dataset's)")),
     ("--tasks", "data.tasks", dict(metavar="A,B", help="comma-separated tasks (default: all of the dataset's)")),
     ("--augment", "data.augment", dict(action=argparse.BooleanOptionalAction,
-                                       help="random scale-crop and flip (default: off)")),
-    ("--num-classes", "data.num_classes", dict(metavar="N", help="segmentation classes (CityScapes: 2, 7 or 19)")),
-    ("--model", "model.name", dict(metavar="NAME", help="model (see `densemtl models`; default mtan)")),
-    ("--width", "model.width", dict(metavar="W", help="channel multiplier (1.0 = paper size; default 0.25)")),
+                                       help="random scale-crop and flip")),
+    ("--num-classes", "data.num_classes", dict(
+        metavar="N", help="segmentation classes (default: the dataset's; CityScapes: 2, 7 or 19)")),
+    ("--model", "model.name", dict(metavar="NAME", help="model (see `densemtl models`)")),
+    ("--width", "model.width", dict(metavar="W", help="channel multiplier (1.0 = paper size)")),
     ("--model-opt", "model.options", dict(metavar="KEY=VALUE", action="append",
-                                          help="model option (repeatable)")),
-    ("--weighting", "weighting.name", dict(metavar="NAME", help="loss weighting: equal (default), uncertainty, dwa")),
+                                          help="model option (repeatable; see `densemtl models --json`)")),
+    ("--weighting", "weighting.name", dict(metavar="NAME", help="loss weighting: equal, uncertainty, dwa")),
     ("--weighting-opt", "weighting.options", dict(metavar="KEY=VALUE", action="append",
-                                                  help="weighting option, e.g. temperature=2 (repeatable)")),
-    ("--optimizer", "optim.name", dict(metavar="NAME", help="adam (default) or sgd")),
-    ("--lr", "optim.lr", dict(metavar="LR", help="learning rate (default 1e-3)")),
-    ("--weight-decay", "optim.weight_decay", dict(metavar="WD", help="weight decay (default 0)")),
-    ("--momentum", "optim.momentum", dict(metavar="M", help="SGD momentum (default 0.9)")),
-    ("--schedule", "schedule.name", dict(metavar="NAME", help="step (default), poly or none")),
-    ("--step-size", "schedule.step_size", dict(metavar="EPOCHS", help="step schedule period (default: half the epochs)")),
-    ("--gamma", "schedule.gamma", dict(metavar="G", help="step schedule factor (default 0.5)")),
-    ("--power", "schedule.power", dict(metavar="P", help="poly schedule power (default 0.9)")),
-    ("--epochs", "epochs", dict(metavar="N", help="training epochs (default 8)")),
-    ("--batch-size", "batch_size", dict(metavar="B", help="training batch size (default 8)")),
-    ("--eval-batch-size", "eval_batch_size", dict(metavar="B", help="evaluation batch size (default: batch size)")),
-    ("--seed", "seed", dict(metavar="S", help="random seed (default 0)")),
-    ("--convention", "convention", dict(metavar="NAME", help="metric convention: dataset (default) or mtan")),
-    ("--last-k", "last_k", dict(metavar="K", help="summary = mean of the last K epochs (default 3)")),
-    ("--out", "out", dict(metavar="DIR", help="run folder (default runs/<data>-<model>-<weighting>-<time>)")),
-    ("--device", "device", dict(metavar="DEV", help="cpu (default), cuda or cuda:N")),
-    ("--num-workers", "num_workers", dict(metavar="N", help="data-loading processes (default 0)")),
-    ("--preset", "preset", dict(metavar="NAME", help="named recipe, e.g. mtan (see densemtl.presets)")),
+                                                  help="weighting option, e.g. T=2 for dwa (repeatable)")),
+    ("--optimizer", "optim.name", dict(metavar="NAME", help="adam or sgd")),
+    ("--lr", "optim.lr", dict(metavar="LR", help="learning rate")),
+    ("--weight-decay", "optim.weight_decay", dict(metavar="WD", help="weight decay")),
+    ("--momentum", "optim.momentum", dict(metavar="M", help="SGD momentum")),
+    ("--schedule", "schedule.name", dict(metavar="NAME", help="learning-rate schedule: step, poly or none")),
+    ("--step-size", "schedule.step_size", dict(metavar="EPOCHS",
+                                               help="step schedule period (default: half the epochs)")),
+    ("--gamma", "schedule.gamma", dict(metavar="G", help="step schedule factor")),
+    ("--power", "schedule.power", dict(metavar="P", help="poly schedule power")),
+    ("--epochs", "epochs", dict(metavar="N", help="training epochs")),
+    ("--batch-size", "batch_size", dict(metavar="B", help="training batch size")),
+    ("--eval-batch-size", "eval_batch_size", dict(
+        metavar="B", help="evaluation batch size (default: the batch size; 2 for --convention mtan)")),
+    ("--seed", "seed", dict(metavar="S", help="random seed")),
+    ("--convention", "convention", dict(metavar="NAME", help="metric convention: dataset or mtan")),
+    ("--last-k", "last_k", dict(metavar="K", help="the summary is the mean of the last K epochs")),
+    ("--out", "out", dict(metavar="DIR", help="run folder (default: runs/<data>-<model>-<weighting>-<time>)")),
+    ("--device", "device", dict(metavar="DEV", help="cpu, cuda or cuda:N")),
+    ("--num-workers", "num_workers", dict(metavar="N", help="data-loading processes")),
+    ("--preset", "preset", dict(metavar="NAME", help="named recipe from densemtl.presets, e.g. atinet")),
 )
+
+
+def default_value(key: str) -> Any:
+    """The dataclass default of a dotted config key (as YAML shows it)."""
+    node: Any = to_dict(TrainConfig())
+    for part in key.split("."):
+        node = node[part]
+    return node
 
 
 def _dest(key: str) -> str:
@@ -373,8 +385,14 @@ def add_config_arguments(parser: argparse.ArgumentParser, exclude: tuple[str, ..
     parser.add_argument("--config", metavar="FILE", help="YAML config file (flags override it)")
     group = parser.add_argument_group("config (override --config)")
     for flag, key, kwargs in _FLAGS:
-        if key not in exclude:
-            group.add_argument(flag, dest=_dest(key), default=None, **kwargs)
+        if key in exclude:
+            continue
+        kwargs = dict(kwargs)
+        default = default_value(key)
+        if "(default" not in kwargs["help"] and default not in (None, {}):
+            shown = ("on" if default else "off") if isinstance(default, bool) else default
+            kwargs["help"] += f" (default: {shown})"
+        group.add_argument(flag, dest=_dest(key), default=None, **kwargs)
 
 
 def _parse_options(items: list[str], key: str) -> dict:
