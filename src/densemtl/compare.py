@@ -36,7 +36,7 @@ from typing import Callable, Mapping, Sequence
 
 from .data import dataset_info
 from .engine import build
-from .engine.config import TrainConfig, format_size, to_dict
+from .engine.config import TrainConfig, format_size, load_config, to_dict
 from .engine.runfolder import RunFolder
 from .errors import UserError, unknown_name
 from .metrics import DELTA_VARIANTS, delta_m
@@ -247,8 +247,6 @@ class Comparison:
     # ------------------------------------------------------------------ one run
     def _check_existing(self, spec: RunSpec) -> None:
         """Refuse a run folder whose saved config differs from the planned one."""
-        from .engine.config import load_config
-
         folder = RunFolder(self.configs[spec].out)
         if not folder.config.is_file():
             return
@@ -270,17 +268,20 @@ class Comparison:
         if folder.is_finished():
             return load_result(spec, folder), "finished earlier, skipped"
         start = time.perf_counter()
-        if folder.last_checkpoint.is_file():
-            trainer = Trainer.resume(folder.path, progress=self.progress, log=self._train_log)
-            status = f"resumed after epoch {trainer.epoch}"
-            announce(f"resuming after epoch {trainer.epoch} of {cfg.epochs} ...")
-        else:
-            if folder.has_run():  # stopped before its first epoch finished: nothing to keep
-                shutil.rmtree(folder.path)
-            trainer = Trainer(cfg, progress=self.progress, log=self._train_log)
-            status = "trained"
-            announce(f"training {cfg.epochs} epochs ...")
-        trainer.fit()
+        try:
+            if folder.last_checkpoint.is_file():
+                trainer = Trainer.resume(folder.path, progress=self.progress, log=self._train_log)
+                status = f"resumed after epoch {trainer.epoch}"
+                announce(f"resuming after epoch {trainer.epoch} of {cfg.epochs} ...")
+            else:
+                if folder.has_run():  # stopped before its first epoch finished: nothing to keep
+                    shutil.rmtree(folder.path)
+                trainer = Trainer(cfg, progress=self.progress, log=self._train_log)
+                status = "trained"
+                announce(f"training {cfg.epochs} epochs ...")
+            trainer.fit()
+        except UserError as e:  # e.g. a diverged run: say which run of the grid it was
+            raise UserError(f"run {spec.name} ({folder.path}): {e}") from None
         return load_result(spec, folder), f"{status} in {time.perf_counter() - start:.1f} s"
 
     def train_all(self) -> dict[RunSpec, RunResult]:
@@ -514,8 +515,9 @@ def markdown_header(settings: Mapping, tasks: Mapping[str, Task]) -> str:
         f"{s['train_samples']} train / {s['val_samples']} val samples at {s['size']}"
         f"{', augmented' if s['augment'] else ''}",
         f"- evaluated on split {s['split']}, metric convention {s['convention']}; each run's numbers are "
-        f"the mean of its last {s['last_k']} epochs' val metrics; cells are mean ± sample std over "
-        f"{len(seeds)} seed{'s' if len(seeds) > 1 else ''} ({', '.join(map(str, seeds))})",
+        f"the mean of its last {s['last_k']} epochs' val metrics; "
+        + (f"cells are mean ± sample std over {len(seeds)} seeds ({', '.join(map(str, seeds))})"
+           if len(seeds) > 1 else f"one seed ({seeds[0]}), so no spread"),
         f"- recipe (every run): width {s['width']:g}, size {s['size']}, {s['epochs']} epochs, batch "
         f"{s['batch_size']}, {s['optimizer']}, schedule {s['schedule']}; single-task runs use "
         f"{s['single_task_weighting']} weighting",
