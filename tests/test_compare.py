@@ -122,16 +122,24 @@ def test_interrupted_comparison_resumes_then_trains_nothing(comparison):
 def test_table_matches_the_runs(comparison):
     out = comparison["out"]
     doc = json.loads((out / "compare.json").read_text())
-    assert [r["name"] for r in doc["rows"]] == ROWS
+    assert [r["name"] for r in doc["rows"]] == ROWS + ["trivial predictors"]
     assert (doc["variant"], doc["split"], doc["convention"]) == ("synthetic", "val", "dataset")
     s = {run: _summary(out, run) for run in RUNS}
     baseline = {"semantic": s["single-semantic-s0"]["metrics"]["semantic"],
                 "depth": s["single-depth-s0"]["metrics"]["depth"]}
-    expected = {"single": baseline}
+    expected = {"single": baseline, "trivial predictors": {"semantic": s["single-semantic-s0"]["trivial"]["semantic"],
+                                                           "depth": s["single-depth-s0"]["trivial"]["depth"]}}
     for row in ROWS[1:]:
         model, weighting = row.split(" · ")
         expected[row] = s[f"{model}-{weighting}-s0"]["metrics"]
     unit = s["single-semantic-s0"]["params"]
+    trivial = doc["rows"].pop()
+    assert trivial["extra"]["params"] is None
+    for task in ("semantic", "depth"):
+        for metric, value in trivial["results"][task].items():
+            assert value == pytest.approx(expected["trivial predictors"][task][metric], rel=1e-12)
+    assert trivial["extra"]["delta_m"]["primary"]["mean"] == pytest.approx(
+        _delta(expected["trivial predictors"], baseline, PRIMARY), abs=1e-9)
     for row in doc["rows"]:
         name = row["name"]
         for task in ("semantic", "depth"):
@@ -168,13 +176,13 @@ def test_markdown_csv_and_plots_written(comparison):
                  "depth RelErr", "torch "):
         assert fact in md, fact
     table = [line for line in md.splitlines() if line.startswith("| ")]
-    assert [line.split(" | ")[0][2:] for line in table[1:]] == ROWS
+    assert [line.split(" | ")[0][2:] for line in table[1:]] == ROWS + ["trivial predictors"]
     assert "Δm primary (%)" in table[0] and "semantic mIoU" in table[0] and "depth RelErr" in table[0]
 
     rows = list(csv.DictReader(io.StringIO((out / "compare.csv").read_text())))
-    assert [r["method"] for r in rows] == ROWS
+    assert [r["method"] for r in rows] == ROWS + ["trivial predictors"]
     doc = json.loads((out / "compare.json").read_text())
-    for r, j in zip(rows, doc["rows"]):
+    for r, j in zip(rows[:-1], doc["rows"]):
         assert float(r["delta_m.primary"]) == pytest.approx(j["extra"]["delta_m"]["primary"]["mean"])
         assert float(r["depth.abs_err"]) == pytest.approx(j["results"]["depth"]["abs_err"])
     for png in ("compare_delta.png", "compare_curves.png"):

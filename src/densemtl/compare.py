@@ -339,6 +339,20 @@ class Comparison:
             })
         return out
 
+    def trivial_row(self, results: Mapping[RunSpec, RunResult]) -> dict:
+        """The trivial predictors (majority class, mean train depth, mean train normal) that every
+        run's summary scores on the same val split, with their Δm: the scale against which the
+        models' differences can be read. They depend on the data only, so seeds agree."""
+        grid, tasks = self.grid, self.tasks
+        baseline = Row(grid.baseline, None)
+        per_seed = {s: row_results(results, grid.runs_of(baseline, s), "trivial") for s in grid.seeds}
+        reference = {s: row_results(results, grid.runs_of(baseline, s)) for s in grid.seeds}
+        mean, _ = mean_std(list(per_seed.values()))
+        return {"label": "trivial predictors", "model": "trivial", "weighting": None,
+                "params": None, "params_rel": None, "gflops": None, "metrics": mean, "metrics_std": None,
+                "delta_m": {v: delta_over_seeds(per_seed, reference, tasks, v) for v in DELTA_VARIANTS},
+                "per_seed": per_seed, "runs": []}
+
     # ------------------------------------------------------------------ outputs
     def settings(self, results: Mapping[RunSpec, RunResult]) -> dict:
         """What the header of every output states: data, split, convention, recipe, Δm, machine."""
@@ -376,6 +390,7 @@ class Comparison:
     def write(self, results: Mapping[RunSpec, RunResult]) -> dict[str, Path]:
         """Write compare.md/.csv/.json and the two plots to ``OUT``; returns their paths."""
         rows = self.table(results)
+        trivial = self.trivial_row(results)
         settings = self.settings(results)
         tasks = self.tasks
         table_kw = dict(variant=settings["variant"], split=settings["split"], convention=settings["convention"])
@@ -383,7 +398,7 @@ class Comparison:
 
         def result_rows(extra: Callable[[dict], dict]) -> list[ResultRow]:
             return [ResultRow(r["label"], r["metrics"], r["metrics_std"] if several else None, extra(r))
-                    for r in rows]
+                    for r in [*rows, trivial]]
 
         paths = {name: self.out / f"compare.{name}" for name in ("md", "csv", "json")}
         markdown = results_table(result_rows(lambda r: _markdown_extra(r, several)), tasks, **table_kw,
@@ -424,12 +439,14 @@ def load_result(spec: RunSpec, folder: RunFolder) -> RunResult:
     return RunResult(spec, summary, folder.read_metrics())
 
 
-def row_results(results: Mapping[RunSpec, RunResult], specs: Sequence[RunSpec]) -> dict[str, dict[str, float]]:
+def row_results(results: Mapping[RunSpec, RunResult], specs: Sequence[RunSpec],
+                key: str = "metrics") -> dict[str, dict[str, float]]:
     """``{task: {metric: value}}`` of one row and seed: a multi-task run's last-k means, or the
-    union of the single-task runs' (each contributing its own task)."""
+    union of the single-task runs' (each contributing its own task). ``key``: which results of
+    the summaries ("metrics" or "trivial")."""
     out: dict[str, dict[str, float]] = {}
     for spec in specs:
-        metrics = results[spec].summary["metrics"]
+        metrics = results[spec].summary[key]
         for task, values in metrics.items():
             if spec.task is None or task == spec.task:
                 out[task] = dict(values)
@@ -485,6 +502,9 @@ def _pm(mean: float | None, std: float | None, several: bool, digits: int = 2, s
 
 
 def _markdown_extra(r: dict, several: bool) -> dict:
+    if r["params"] is None:  # the trivial predictors
+        return {"#P.": MISSING, "params": MISSING, "GFLOPs": MISSING,
+                **{f"Δm {v} (%) ↑": _pm(d["mean"], None, False, sign=True) for v, d in r["delta_m"].items()}}
     return {"#P.": f"{r['params_rel']:.2f}", "params": r["params"], "GFLOPs": f"{r['gflops']:.3g}",
             **{f"Δm {v} (%) ↑": _pm(d["mean"], d["std"], several, sign=True) for v, d in r["delta_m"].items()}}
 
@@ -527,6 +547,8 @@ def markdown_header(settings: Mapping, tasks: Mapping[str, Task]) -> str:
         f"- #P.: parameters relative to one single-task network ({s['baseline']} on {s['tasks'][0]}); "
         "single-task rows count one network per task. GFLOPs: one forward pass at the training size, "
         "2 FLOPs per multiply-add.",
+        "- last row: trivial predictors (majority class, mean train depth, mean train normal) scored on the "
+        "same split, the floor against which the models' differences can be read",
         f"- machine: {env['cpu']} ({env['cores']} cores), torch {env['torch']}, Python {env['python']}",
     ]
     return "\n".join(lines) + "\n"
