@@ -401,8 +401,7 @@ class Comparison:
                     for r in [*rows, trivial]]
 
         paths = {name: self.out / f"compare.{name}" for name in ("md", "csv", "json")}
-        markdown = results_table(result_rows(lambda r: _markdown_extra(r, several)), tasks, **table_kw,
-                                 bold_best=True)
+        markdown = results_table(result_rows(lambda r: _markdown_extra(r, several)), tasks, **table_kw)
         undefined = sorted({f"Δm {v} is undefined ({MISSING}): {d['undefined']}" for r in rows
                             for v, d in r["delta_m"].items() if d.get("undefined")})
         notes = "".join(f"\n{u}.\n" for u in undefined)
