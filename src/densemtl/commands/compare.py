@@ -50,6 +50,7 @@ def run(args: argparse.Namespace) -> int:
     from ..compare import compare
 
     base = config_from_args(args)
-    compare(base, args.models, args.weightings, args.seeds, args.out, baseline=args.baseline,
-            progress=False if args.no_progress else None)
+    paths = compare(base, args.models, args.weightings, args.seeds, args.out, baseline=args.baseline,
+                    progress=False if args.no_progress else None)
+    print("\n" + paths["md"].read_text(), end="")
     return 0
