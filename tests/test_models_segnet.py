@@ -73,9 +73,10 @@ def test_initialisation_follows_mtan():
     assert conv.weight.std().item() == pytest.approx(expected_std, rel=0.02)
 
 
-def test_task_modules_only_receive_their_own_task_gradient():
+@pytest.mark.parametrize("fused", [False, True])
+def test_task_modules_only_receive_their_own_task_gradient(fused):
     torch.manual_seed(0)
-    model = create_model("mtan", NYUV2, width=0.125)
+    model = create_model("mtan", NYUV2, width=0.125, fused=fused)
     out = model(torch.rand(2, 3, 64, 64))
     out["depth"].abs().mean().backward()
     depth = 1  # task order of NYUV2
@@ -84,6 +85,8 @@ def test_task_modules_only_receive_their_own_task_gradient():
             grads = [p.grad for p in mask.parameters()]
             if t == depth:
                 assert all(g is not None and g.abs().sum() > 0 for g in grads)
+            elif fused:  # the tasks share one graph (models/fused.py): exactly zero, not None
+                assert all(g is not None and torch.count_nonzero(g) == 0 for g in grads)
             else:
                 assert all(g is None for g in grads)
     assert model.heads["semantic"][0].weight.grad is None

@@ -24,7 +24,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .backbones.segnet import LEVELS, SIZE_MULTIPLE, Encoded, Decoded, SegNet, segnet_filters
+from . import fused as _fused
 from .blocks import AttentionMask, PerTask, PredictionHead, check_input, conv_unit, init_segnet_
+from ..errors import UserError
 from .registry import register_model
 
 
@@ -52,10 +54,17 @@ class MTANSegNet(nn.Module):
       uses the encoder's indices). The task decoders still start from ``task_features``.
       Default :class:`KeepShared` (MTAN). ATI-Net sets its own module here;
     - ``heads[task]``: :class:`PredictionHead` (f[0] -> task channels).
+
+    ``fused`` (default True) runs the task-attention encoder and decoder through
+    :mod:`densemtl.models.fused` (the tasks share one call per shared conv unit; same outputs,
+    gradients, parameters and state_dict keys); ``fused=False`` is the paper's per-task loop.
     """
 
-    def __init__(self, tasks: dict[str, int], width: float = 1.0) -> None:
+    def __init__(self, tasks: dict[str, int], width: float = 1.0, fused: bool = True) -> None:
         super().__init__()
+        if not isinstance(fused, bool):
+            raise UserError(f"model option fused: expected true or false, got {fused!r}")
+        self.fused = fused
         self.task_names = list(tasks)
         n = len(self.task_names)
         f = segnet_filters(width)
@@ -83,6 +92,8 @@ class MTANSegNet(nn.Module):
 
     def attend_encoder(self, enc: Encoded) -> list[torch.Tensor]:
         """Task-attention encoder: each task's feature a_t,4 at the bottleneck (task order)."""
+        if self.fused:
+            return _fused.attend_encoder(self, enc)
         feats: list[torch.Tensor] = []
         for j, (attention, conv) in enumerate(zip(self.encoder_attention, self.encoder_convs)):
             inputs = [enc.first[j]] * len(self.task_names) if j == 0 else \
@@ -93,6 +104,8 @@ class MTANSegNet(nn.Module):
 
     def attend_decoder(self, dec: Decoded, task_bottleneck: list[torch.Tensor]) -> list[torch.Tensor]:
         """Task-attention decoder: each task's full-resolution feature (task order)."""
+        if self.fused:
+            return _fused.attend_decoder(self, dec, task_bottleneck)
         feats = task_bottleneck
         for k, (attention, conv) in enumerate(zip(self.decoder_attention, self.decoder_convs)):
             ups = [conv(F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=True)) for x in feats]
@@ -110,13 +123,14 @@ class MTANSegNet(nn.Module):
         return {t: self.heads[t](x) for t, x in zip(self.task_names, feats)}
 
 
-@register_model("mtan", family="mtan", size_multiple=SIZE_MULTIPLE,
+@register_model("mtan", family="mtan", size_multiple=SIZE_MULTIPLE, options={"fused": True},
                 description="MTAN: shared SegNet + per-task soft attention (Liu et al. 2019)")
-def mtan(tasks: dict[str, int], width: float = 1.0) -> MTANSegNet:
-    return MTANSegNet(tasks, width)
+def mtan(tasks: dict[str, int], width: float = 1.0, fused: bool = True) -> MTANSegNet:
+    return MTANSegNet(tasks, width, fused)
 
 
 @register_model("stan", family="mtan", single_task=True, size_multiple=SIZE_MULTIPLE,
+                options={"fused": True},
                 description="STAN: MTAN with a single task (single-task attention baseline)")
-def stan(tasks: dict[str, int], width: float = 1.0) -> MTANSegNet:
-    return MTANSegNet(tasks, width)
+def stan(tasks: dict[str, int], width: float = 1.0, fused: bool = True) -> MTANSegNet:
+    return MTANSegNet(tasks, width, fused)
