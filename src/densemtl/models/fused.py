@@ -52,10 +52,10 @@ def shared_unit(unit: nn.Module, stacked: torch.Tensor, tasks: int) -> torch.Ten
 
 
 def gate(masks: Sequence[torch.Tensor], shared: torch.Tensor) -> torch.Tensor:
-    """Task-stacked ``mask_t * shared`` (N x C x H x W each): the shared feature is broadcast
-    over the task axis, not copied."""
-    stacked = torch.cat(list(masks))
-    return (stacked.unflatten(0, (len(masks), -1)) * shared).flatten(0, 1)
+    """Task-stacked ``mask_t * shared`` (N x C x H x W each). Multiplying before stacking keeps
+    memory as in the per-task path: the products are temporaries, only the stack is saved for
+    the backward pass (stacking the masks first would keep a second copy of them)."""
+    return torch.cat([mask * shared for mask in masks])
 
 
 def up2(x: torch.Tensor) -> torch.Tensor:

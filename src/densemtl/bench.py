@@ -1,0 +1,388 @@
+"""Speed, memory and compute of the registered models (``densemtl bench``).
+
+For every model, two phases are measured on a synthetic batch (random images and targets of the
+requested tasks; speed does not depend on the values):
+
+- ``train``: one training step as the trainer runs it: forward (under autocast if ``amp``), the
+  tasks' losses in float32 (:func:`~densemtl.engine.trainer.compute_losses`), their sum, backward
+  and an Adam step (through the grad scaler for fp16);
+- ``infer``: one forward pass in eval mode without gradients.
+
+Each phase runs ``warmup`` untimed steps, then ``steps`` timed ones, and reports the median and
+the 10th / 90th percentiles of ms/step, images/s at the median, the peak memory (CPU: the
+process's resident-set high-water mark ``VmHWM`` from ``/proc/self/status``, reset before the
+phase; GPU: ``torch.cuda.max_memory_allocated``), parameters, forward GFLOPs per image
+(:func:`~densemtl.models.info.count_gflops`), the FLOPs of the timed step (train: forward +
+backward counted by :class:`torch.utils.flop_counter.FlopCounterMode`) and the achieved GFLOP/s.
+
+``baseline=True`` adds the reference point of the speed work: MTAN-SegNet as the paper's code
+runs it (per-task loop ``fused=False``, float32, NCHW, eager, torch's default per-parameter Adam).
+
+By default every phase runs in a fresh process (``spawn``), so that the memory high-water mark
+and the allocator state of one measurement do not leak into the next.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import platform
+import statistics
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn as nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from . import __version__
+from .engine import speed
+from .errors import UserError
+from .models import create_model, get_entry
+from .models.info import count_gflops, count_params
+from .tasks import Task, make_tasks, task_channels
+
+BASELINE_MODEL = "mtan"
+BASELINE_LABEL = "mtan (baseline)"
+PHASES = ("train", "infer")
+
+
+@dataclass(frozen=True)
+class BenchSpec:
+    """One measurement: a model in one phase under one set of options."""
+
+    model: str
+    phase: str = "train"  # train | infer
+    size: tuple[int, int] = (64, 64)
+    batch_size: int = 2
+    width: float = 1.0
+    tasks: tuple[str, ...] = ("semantic", "depth", "normal")
+    num_classes: int = 13
+    amp: str = "none"
+    channels_last: bool = True
+    compile: bool = False
+    device: str = "cpu"
+    steps: int = 10
+    warmup: int = 3
+    threads: int | None = None  # torch intra-op threads; None: torch's default
+    baseline: bool = False  # the paper-style reference (see module doc); ignores the speed options
+    options: dict = field(default_factory=dict)  # model options
+
+    @property
+    def label(self) -> str:
+        return BASELINE_LABEL if self.baseline else self.model
+
+
+def environment() -> dict:
+    """Where the numbers come from: device, versions, threads and how busy the machine was."""
+    return {
+        "cpu": cpu_name(),
+        "cpu_count": os.cpu_count(),
+        "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "densemtl": __version__,
+        "default_threads": torch.get_num_threads(),
+        "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+        "load_average": [round(x, 2) for x in os.getloadavg()],
+        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+    }
+
+
+def cpu_name() -> str:
+    """The CPU model name from /proc/cpuinfo (``platform.processor()`` elsewhere)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _status_kb(key: str) -> int | None:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
+def _reset_rss_peak() -> bool:
+    """Reset the kernel's resident-set high-water mark (Linux: write 5 to clear_refs)."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+def synthetic_batch(tasks: dict[str, Task], batch: int, size: tuple[int, int], device: torch.device,
+                    seed: int = 0) -> dict[str, torch.Tensor]:
+    """Random images and valid targets for ``tasks`` (a few invalid pixels included)."""
+    g = torch.Generator().manual_seed(seed)
+    h, w = size
+    out = {"image": torch.rand(batch, 3, h, w, generator=g)}
+    for name, task in tasks.items():
+        hole = torch.rand(batch, 1, h, w, generator=g) < 0.05
+        if task.target_kind == "label":
+            t = torch.randint(0, task.num_classes, (batch, h, w), generator=g)
+            t[hole[:, 0]] = -1
+        elif task.target_kind == "depth":
+            t = (torch.rand(batch, 1, h, w, generator=g) * 10).masked_fill(hole, 0.0)
+        elif task.target_kind == "normal":
+            t = torch.randn(batch, 3, h, w, generator=g)
+            t = (t / t.norm(dim=1, keepdim=True)).masked_fill(hole, 0.0)
+        else:  # edge
+            t = (torch.rand(batch, 1, h, w, generator=g) < 0.1).float()
+        out[name] = t
+    return {k: v.to(device) for k, v in out.items()}
+
+
+def _percentile(sorted_values: list[float], q: float) -> float:
+    """Linear-interpolation percentile of an already sorted list (q in [0, 1])."""
+    pos = q * (len(sorted_values) - 1)
+    lo = int(pos)
+    hi = min(lo + 1, len(sorted_values) - 1)
+    return sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * (pos - lo)
+
+
+def _timed(run: Callable[[], None], warmup: int, steps: int, sync: Callable[[], None]) -> tuple[float, list[float]]:
+    """Seconds of the first call (includes compilation and one-time setup), then the seconds of
+    each of ``steps`` timed calls after ``warmup`` untimed ones (the first one included)."""
+    start = time.perf_counter()
+    run()
+    sync()
+    first = time.perf_counter() - start
+    for _ in range(warmup - 1):
+        run()
+    sync()
+    times = []
+    for _ in range(steps):
+        start = time.perf_counter()
+        run()
+        sync()
+        times.append(time.perf_counter() - start)
+    return first, times
+
+
+def _train_flops(model: nn.Module, tasks: dict[str, Task], images: torch.Tensor, batch: dict) -> float:
+    """FLOPs of one forward + backward pass (eager, before any compilation)."""
+    from .engine.trainer import compute_losses
+
+    counter = FlopCounterMode(display=False)
+    with counter:
+        total = sum(compute_losses(tasks, model(images), batch).values())
+        total.backward()
+    model.zero_grad(set_to_none=True)
+    return float(counter.get_total_flops())
+
+
+def measure(spec: BenchSpec) -> dict:
+    """Run one measurement in this process; returns one result row (a flat dict)."""
+    from .engine.trainer import compute_losses
+
+    if spec.phase not in PHASES:
+        raise UserError(f"phase: expected one of {', '.join(PHASES)}, got {spec.phase!r}")
+    if spec.threads:
+        torch.set_num_threads(spec.threads)
+    device = torch.device(spec.device)
+    amp, channels_last, compile_ = ("none", False, False) if spec.baseline else \
+        (speed.check_amp(spec.amp, "--amp"), spec.channels_last, spec.compile)
+    options = dict(spec.options)
+    if spec.baseline:
+        options["fused"] = False
+    tasks = make_tasks(spec.tasks, num_classes=spec.num_classes)
+    if get_entry(spec.model).single_task:
+        tasks = dict(list(tasks.items())[:1])
+    torch.manual_seed(0)
+    model = create_model(spec.model, task_channels(tasks), width=spec.width, **options).to(device)
+    params = count_params(model)
+    gflops = count_gflops(model, spec.size)
+    batch = synthetic_batch(tasks, spec.batch_size, spec.size, device)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+
+    if spec.phase == "train":
+        model.train()
+        step_flops = _train_flops(model, tasks, batch["image"], batch)
+        speed.prepare_model(model, channels_last=channels_last, compile=compile_)
+        images = speed.prepare_images(batch["image"], channels_last)
+        optimizer = speed.make_optimizer("adam", model.parameters(), lr=1e-4,
+                                         fused=False if spec.baseline else None)
+        scaler = speed.grad_scaler(device, amp)
+
+        def run() -> None:
+            with speed.autocast(device, amp):
+                outputs = model(images)
+            total = sum(compute_losses(tasks, outputs, batch).values())
+            optimizer.zero_grad(set_to_none=True)
+            speed.backward_and_step(total, optimizer, scaler)
+    else:
+        model.eval()
+        step_flops = gflops * 1e9 * spec.batch_size
+        speed.prepare_model(model, channels_last=channels_last, compile=compile_)
+        images = speed.prepare_images(batch["image"], channels_last)
+
+        def run() -> None:
+            with torch.no_grad(), speed.autocast(device, amp):
+                model(images)
+
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    rss_before = _status_kb("VmRSS")
+    peak_reset = device.type == "cuda" or _reset_rss_peak()
+    first, times = _timed(run, max(spec.warmup, 1), spec.steps, sync)
+    if device.type == "cuda":
+        peak_mb, memory_kind = torch.cuda.max_memory_allocated(device) / 2**20, "cuda max allocated"
+    else:
+        hwm = _status_kb("VmHWM")
+        peak_mb = hwm / 1024 if hwm is not None else float("nan")
+        memory_kind = "peak RSS" if peak_reset else "peak RSS (process lifetime)"
+
+    times.sort()
+    median = statistics.median(times)
+    return {
+        "model": spec.label, "phase": spec.phase,
+        "batch": spec.batch_size, "size": f"{spec.size[0]}x{spec.size[1]}", "width": spec.width,
+        "tasks": ",".join(tasks), "amp": amp, "channels_last": channels_last, "compile": compile_,
+        "fused": bool(getattr(model, "fused", False)),
+        "device": spec.device, "threads": torch.get_num_threads(),
+        "steps": spec.steps, "warmup": spec.warmup,
+        "ms_median": 1000 * median, "ms_p10": 1000 * _percentile(times, 0.1),
+        "ms_p90": 1000 * _percentile(times, 0.9), "ms_min": 1000 * times[0],
+        "first_step_s": first,
+        "images_per_s": spec.batch_size / median,
+        "peak_mem_mb": peak_mb, "rss_before_mb": (rss_before or 0) / 1024 if device.type == "cpu" else None,
+        "memory": memory_kind,
+        "params": params, "gflops_per_image": gflops,
+        "step_gflop": step_flops / 1e9, "achieved_gflops": step_flops / 1e9 / median,
+    }
+
+
+def _measure_isolated(spec: BenchSpec) -> dict:
+    with ProcessPoolExecutor(max_workers=1, mp_context=get_context("spawn"), max_tasks_per_child=1) as pool:
+        return pool.submit(measure, spec).result()
+
+
+def plan(models: list[str], phases: tuple[str, ...] = PHASES, baseline: bool = False, **common) -> list[BenchSpec]:
+    """The measurements of a ``densemtl bench`` call, baseline first. Unknown models fail early."""
+    for name in models:
+        get_entry(name)
+    if not models and not baseline:
+        raise UserError("--models: expected at least one model name")
+    specs = []
+    if baseline:
+        specs += [BenchSpec(BASELINE_MODEL, phase, baseline=True, **common) for phase in phases]
+    specs += [BenchSpec(name, phase, **common) for name in models for phase in phases]
+    return specs
+
+
+def run_benchmark(specs: list[BenchSpec], isolate: bool = True,
+                  progress: Callable[[str], None] | None = None) -> list[dict]:
+    """Measure every spec (each in a fresh process when ``isolate``); rows in the same order."""
+    rows = []
+    for spec in specs:
+        if progress:
+            progress(f"bench: {spec.label} {spec.phase} ...")
+        rows.append(_measure_isolated(spec) if isolate else measure(spec))
+    add_speedups(rows)
+    return rows
+
+
+def add_speedups(rows: list[dict]) -> None:
+    """``vs_baseline``: baseline ms/step over this row's, for the MTAN rows of the same phase."""
+    base = {r["phase"]: r["ms_median"] for r in rows if r["model"] == BASELINE_LABEL}
+    for r in rows:
+        ok = r["model"] in (BASELINE_MODEL, BASELINE_LABEL) and r["phase"] in base
+        r["vs_baseline"] = base[r["phase"]] / r["ms_median"] if ok else None
+
+
+# ----------------------------------------------------------------------------- reports
+
+CSV_COLUMNS = (
+    "model", "phase", "batch", "size", "width", "tasks", "amp", "channels_last", "compile", "fused",
+    "device", "threads", "steps", "warmup", "ms_median", "ms_p10", "ms_p90", "ms_min", "first_step_s",
+    "images_per_s", "vs_baseline", "peak_mem_mb", "rss_before_mb", "memory", "params",
+    "gflops_per_image", "step_gflop", "achieved_gflops",
+)
+
+
+def to_csv(rows: list[dict]) -> str:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=CSV_COLUMNS, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    for r in rows:
+        writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()})
+    return buf.getvalue()
+
+
+def _options(r: dict) -> str:
+    opts = [r["amp"]] if r["amp"] != "none" else ["fp32"]
+    opts += ["channels_last"] if r["channels_last"] else ["NCHW"]
+    if r["compile"]:
+        opts.append("compile")
+    if r["fused"]:
+        opts.append("fused")
+    return " ".join(opts)
+
+
+def to_markdown(rows: list[dict], env: dict, command: str | None = None) -> str:
+    """A table of the rows with the environment above it."""
+    lines = ["# densemtl bench", ""]
+    if command:
+        lines += ["```", command, "```", ""]
+    device = env["gpu"] or env["cpu"]
+    threads = sorted({r["threads"] for r in rows})
+    lines += [
+        f"- device: {device} ({env['cpu_count']} CPU cores visible); threads: {', '.join(map(str, threads))}",
+        f"- torch {env['torch']}, python {env['python']}, densemtl {env['densemtl']}; {env['date']}",
+        f"- load average when started: {', '.join(map(str, env['load_average']))}",
+        "",
+        "| model | phase | options | batch | size | width | ms/step median [p10, p90] | images/s | "
+        "x baseline | peak memory (MB) | params | GFLOPs/image | GFLOP/step | GFLOP/s |",
+        "|---|---|---|---:|---|---:|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        vs = f"{r['vs_baseline']:.2f}" if r.get("vs_baseline") else ""
+        lines.append(
+            f"| {r['model']} | {r['phase']} | {_options(r)} | {r['batch']} | {r['size']} | {r['width']:g} | "
+            f"{r['ms_median']:.1f} [{r['ms_p10']:.1f}, {r['ms_p90']:.1f}] | {r['images_per_s']:.2f} | {vs} | "
+            f"{r['peak_mem_mb']:.0f} | {r['params']:,} | {r['gflops_per_image']:.2f} | {r['step_gflop']:.2f} | "
+            f"{r['achieved_gflops']:.1f} |"
+        )
+    kinds = sorted({r["memory"] for r in rows})
+    lines += [
+        "",
+        f"Memory: {', '.join(kinds)} during the phase (CPU: whole process, libraries included). "
+        "GFLOPs count 2 per multiply-add; train steps count forward + backward.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def write_results(rows: list[dict], env: dict, out: str | Path, command: str | None = None) -> list[Path]:
+    """Write ``bench.md`` and ``bench.csv`` into ``out`` (created); returns the paths."""
+    out = Path(out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"--out {out}: cannot create the folder ({e.strerror or e})") from None
+    md, csv_path = out / "bench.md", out / "bench.csv"
+    md.write_text(to_markdown(rows, env, command))
+    csv_path.write_text(to_csv(rows))
+    return [md, csv_path]
+
+
+def as_json(rows: list[dict], env: dict) -> dict:
+    return {"environment": env, "results": rows}
+
+
+def command_line() -> str:
+    return "densemtl " + " ".join(sys.argv[1:]) if sys.argv else "densemtl bench"

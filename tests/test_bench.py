@@ -1,0 +1,116 @@
+"""densemtl bench: the measurement, its derived numbers, the reports and the command line."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from densemtl import bench
+from densemtl.cli import main
+from densemtl.models import create_model
+from densemtl.tasks import make_tasks
+
+TINY = dict(size=(32, 32), batch_size=2, width=0.125, steps=2, warmup=1, threads=1)
+
+
+def test_percentile_matches_numpy():
+    values = sorted([5.0, 1.0, 4.0, 2.5, 9.0, 7.5, 3.0])
+    for q in (0.0, 0.1, 0.5, 0.9, 1.0):
+        assert bench._percentile(values, q) == pytest.approx(np.percentile(values, 100 * q))
+
+
+def test_rss_peak_reset_sees_a_new_allocation():
+    assert bench._reset_rss_peak()
+    before = bench._status_kb("VmHWM")
+    block = np.ones(200 * 2**20 // 8)  # 200 MiB, touched
+    after = bench._status_kb("VmHWM")
+    del block
+    assert after - before >= 190 * 1024
+    assert bench._reset_rss_peak()
+    assert bench._status_kb("VmHWM") < after - 150 * 1024  # the reset forgot the old peak
+
+
+def test_synthetic_batch_has_valid_targets_and_some_invalid_pixels():
+    tasks = make_tasks(["semantic", "depth", "normal", "edge"], num_classes=5)
+    b = bench.synthetic_batch(tasks, 2, (16, 16), torch.device("cpu"))
+    assert b["image"].shape == (2, 3, 16, 16) and 0 <= b["image"].min() and b["image"].max() <= 1
+    assert b["semantic"].dtype == torch.int64 and b["semantic"].max() < 5 and (b["semantic"] == -1).any()
+    assert (b["depth"] == 0).any() and (b["depth"] >= 0).all()
+    norms = b["normal"].norm(dim=1)
+    valid = norms > 0
+    assert (~valid).any() and torch.allclose(norms[valid], torch.ones(()), atol=1e-5)
+    raw = {t: torch.randn(2, task.channels, 16, 16) for t, task in tasks.items()}
+    for t, task in tasks.items():
+        assert torch.isfinite(task.loss(raw[t], b[t]))
+
+
+def test_train_measurement_numbers_are_consistent():
+    row = bench.measure(bench.BenchSpec("split", "train", **TINY))
+    model = create_model("split", {"semantic": 13, "depth": 1, "normal": 3}, width=0.125)
+    assert row["params"] == sum(p.numel() for p in model.parameters())
+    assert row["ms_p10"] <= row["ms_median"] <= row["ms_p90"]
+    assert row["images_per_s"] == pytest.approx(2 / (row["ms_median"] / 1000))
+    # backward of a conv net costs about twice its forward (input and weight gradients; the
+    # first conv needs no input gradient), so a training step counts a bit under 3 forwards
+    ratio = row["step_gflop"] / (row["gflops_per_image"] * 2)
+    assert 2.5 < ratio < 3.05
+    assert row["achieved_gflops"] == pytest.approx(row["step_gflop"] / (row["ms_median"] / 1000))
+    assert row["peak_mem_mb"] >= row["rss_before_mb"] > 50
+    assert row["threads"] == 1 and row["channels_last"] and row["amp"] == "none"
+
+
+def test_baseline_is_the_per_task_fp32_nchw_mtan():
+    spec = bench.BenchSpec("mtan", "infer", baseline=True, amp="bf16", channels_last=True, compile=True, **TINY)
+    row = bench.measure(spec)
+    assert row["model"] == bench.BASELINE_LABEL
+    assert (row["fused"], row["amp"], row["channels_last"], row["compile"]) == (False, "none", False, False)
+    assert row["step_gflop"] == pytest.approx(row["gflops_per_image"] * 2)  # inference: forward only
+
+
+def test_speedups_and_reports():
+    rows = [
+        {"model": bench.BASELINE_LABEL, "phase": "train", "ms_median": 300.0},
+        {"model": "mtan", "phase": "train", "ms_median": 200.0},
+        {"model": "split", "phase": "train", "ms_median": 100.0},
+        {"model": "mtan", "phase": "infer", "ms_median": 50.0},
+    ]
+    bench.add_speedups(rows)
+    assert [r["vs_baseline"] for r in rows] == [1.0, 1.5, None, None]
+
+    row = bench.measure(bench.BenchSpec("split", "infer", **TINY))
+    env = bench.environment()
+    assert env["cpu"] and env["torch"] == torch.__version__
+    parsed = list(csv.DictReader(io.StringIO(bench.to_csv([row]))))
+    assert parsed[0]["model"] == "split" and float(parsed[0]["ms_median"]) == pytest.approx(row["ms_median"], rel=1e-5)
+    md = bench.to_markdown([row], env, "densemtl bench --models split")
+    assert "| split | infer | fp32 channels_last |" in md and env["cpu"] in md
+
+
+def test_cli_writes_markdown_csv_and_json(tmp_path, capsys):
+    out = tmp_path / "b"
+    code = main(["bench", "--models", "stan", "--width", "0.125", "--size", "32x32", "--steps", "1",
+                 "--warmup", "1", "--threads", "1", "--phases", "infer", "--json", "--out", str(out)])
+    assert code == 0
+    result = json.loads(capsys.readouterr().out)
+    assert [r["model"] for r in result["results"]] == ["stan"]
+    assert result["results"][0]["tasks"] == "semantic"  # single-task model: the first task
+    assert (out / "bench.md").read_text().startswith("# densemtl bench")
+    assert len(list(csv.DictReader((out / "bench.csv").open()))) == 1
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--models", "nope"], "unknown model 'nope'"),
+    (["--size", "33x32"], "multiples of 32"),
+    (["--size", "big"], "--size"),
+    (["--phases", "train,fly"], "--phases"),
+    (["--steps", "0"], "--steps"),
+    (["--tasks", "semantic,colour"], "unknown task 'colour'"),
+])
+def test_cli_errors_name_the_option(argv, message, capsys):
+    assert main(["bench", "--in-process", *argv]) == 2
+    assert message in capsys.readouterr().err
