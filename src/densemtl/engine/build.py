@@ -121,7 +121,7 @@ def build_scheduler(cfg: TrainConfig, optimizer: torch.optim.Optimizer) -> torch
     """Per-epoch learning-rate schedule (stepped once after every epoch)."""
     s = cfg.schedule
     if s.name == "step":
-        step = s.step_size or max(1, cfg.epochs // 2)
+        step = s.step_size or -(-cfg.epochs // 2)  # MTAN: halve once, at the midpoint
         return torch.optim.lr_scheduler.StepLR(optimizer, step_size=step, gamma=s.gamma)
     if s.name == "poly":
         epochs, power = cfg.epochs, s.power

@@ -9,11 +9,11 @@ YAML layout (every key optional)::
 
     data: {name: synthetic, root: null, size: 96x128, tasks: [semantic, depth, normal],
            augment: false, num_classes: null}
-    model: {name: mtan, width: 0.25, options: {}}
+    model: {name: mtan, width: 0.125, options: {}}
     weighting: {name: equal, options: {}}
     optim: {name: adam, lr: 0.001, weight_decay: 0.0, momentum: 0.9}
     schedule: {name: step, step_size: null, gamma: 0.5, power: 0.9}
-    epochs: 8
+    epochs: 5
     batch_size: 8
     ...
 """
@@ -56,7 +56,7 @@ class DataConfig:
 @dataclass
 class ModelConfig:
     name: str = "mtan"
-    width: float = 0.25  # channel multiplier; 1.0 is the paper's size
+    width: float = 0.125  # channel multiplier; 1.0 is the paper's size
     options: dict[str, Any] = field(default_factory=dict)  # model-specific, see `densemtl models`
 
 
@@ -77,7 +77,7 @@ class OptimConfig:
 @dataclass
 class ScheduleConfig:
     name: str = "step"  # step | poly | none
-    step_size: int | None = None  # step: epochs between decays; None = half the epochs (MTAN)
+    step_size: int | None = None  # step: epochs between decays; None = half the epochs, rounded up (MTAN)
     gamma: float = 0.5  # step: lr factor at each decay
     power: float = 0.9  # poly: lr = base * (1 - epoch / epochs) ** power
 
@@ -91,12 +91,12 @@ class TrainConfig:
     weighting: WeightingConfig = field(default_factory=WeightingConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
-    epochs: int = 8
+    epochs: int = 5
     batch_size: int = 8
     eval_batch_size: int | None = None  # None: same as batch_size (the mtan convention uses 2)
     seed: int = 0
     convention: str = "dataset"  # dataset | mtan (per-batch means, as the official MTAN code)
-    last_k: int = 3  # the summary reports the mean of the last k epochs' val metrics
+    last_k: int = 2  # the summary reports the mean of the last k epochs' val metrics
     out: str | None = None  # run folder; None: runs/<data>-<model>-<weighting>-<time>
     device: str = "cpu"  # cpu | cuda | cuda:N
     num_workers: int = 0  # data-loading worker processes
@@ -350,7 +350,7 @@ _FLAGS: tuple[tuple[str, str, dict], ...] = (
     ("--momentum", "optim.momentum", dict(metavar="M", help="SGD momentum")),
     ("--schedule", "schedule.name", dict(metavar="NAME", help="learning-rate schedule: step, poly or none")),
     ("--step-size", "schedule.step_size", dict(metavar="EPOCHS",
-                                               help="step schedule period (default: half the epochs)")),
+                                               help="step schedule period (default: half the epochs, rounded up)")),
     ("--gamma", "schedule.gamma", dict(metavar="G", help="step schedule factor")),
     ("--power", "schedule.power", dict(metavar="P", help="poly schedule power")),
     ("--epochs", "epochs", dict(metavar="N", help="training epochs")),
