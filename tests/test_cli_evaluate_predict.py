@@ -143,3 +143,39 @@ def test_predict_errors(run, images, scenes, tmp_path, capsys):
     assert main(["predict", "--checkpoint", str(single), str(images / "room.png"), "--out", str(tmp_path / "s"),
                  "--attention"]) == 2
     assert "model 'single' has no attention to show" in capsys.readouterr().err
+
+
+def test_trivial_predictors_by_hand():
+    import math
+
+    import torch
+
+    from densemtl.engine.baselines import evaluate_trivial, trivial_predictions
+    from densemtl.tasks import make_tasks
+
+    tasks = make_tasks(["semantic", "depth", "normal"], num_classes=3)
+
+    def sample(labels, depth, normals):
+        n = torch.zeros(3, 2, 2)
+        for (i, j), v in normals.items():
+            n[:, i, j] = torch.tensor(v)
+        return {"image": torch.zeros(3, 2, 2), "semantic": torch.tensor(labels),
+                "depth": torch.tensor([depth], dtype=torch.float32), "normal": n}
+
+    train = [sample([[0, 1], [1, -1]], [[1.0, 0.0], [3.0, 2.0]], {(0, 0): (0, 0, -1), (0, 1): (0, 0, -1),
+                                                                   (1, 0): (0, 0, -1)}),
+             sample([[2, 1], [-1, -1]], [[0.0, 0.0], [0.0, 4.0]], {(1, 1): (1, 0, 0)})]
+    constants = trivial_predictions(train, tasks, batch_size=1)
+    assert int(constants["semantic"]) == 1  # class counts 0:1, 1:3, 2:1
+    assert float(constants["depth"]) == pytest.approx(2.5)  # (1 + 3 + 2 + 4) / 4 valid pixels
+    expected_normal = torch.tensor([1.0, 0.0, -3.0]) / math.sqrt(10.0)
+    assert torch.allclose(constants["normal"], expected_normal)
+
+    val = [sample([[1, 1], [0, -1]], [[2.0, 3.0], [0.0, 5.0]], {(0, 0): (1, 0, 0)})]
+    loader = torch.utils.data.DataLoader(val, batch_size=1)
+    metrics = evaluate_trivial(constants, loader, tasks)
+    assert metrics["semantic"]["pixel_acc"] == pytest.approx(2 / 3)
+    assert metrics["semantic"]["miou"] == pytest.approx((0 + 2 / 3) / 2)  # classes 0 and 1 occur
+    assert metrics["depth"]["abs_err"] == pytest.approx((0.5 + 0.5 + 2.5) / 3)
+    angle = math.degrees(math.acos(1 / math.sqrt(10.0)))  # between (1,0,-3)/sqrt(10) and (1,0,0)
+    assert metrics["normal"]["mean"] == pytest.approx(angle, abs=1e-3)
