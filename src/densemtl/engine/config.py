@@ -38,6 +38,7 @@ from ..errors import UserError
 OPTIMIZERS = ("adam", "sgd")
 SCHEDULES = ("step", "poly", "none")
 CONVENTIONS = ("dataset", "mtan")
+AMP_MODES = ("none", "bf16", "fp16")  # autocast precision of the forward pass (engine/speed.py)
 DEVICE_PATTERN = r"cpu|cuda(:\d+)?|mps"
 
 
@@ -100,6 +101,11 @@ class TrainConfig:
     out: str | None = None  # run folder; None: runs/<data>-<model>-<weighting>-<time>
     device: str = "cpu"  # cpu | cuda | cuda:N
     num_workers: int = 0  # data-loading worker processes
+    # speed options (engine/speed.py); none changes the model's mathematics
+    amp: str = "none"  # none | bf16 | fp16: autocast forward pass; losses and metrics stay float32
+    channels_last: bool = True  # NHWC memory format: faster convolutions (oneDNN, cuDNN)
+    compile: bool = False  # torch.compile the model (on CPU it needs a C++ compiler)
+    sync_bn: bool = False  # DDP on CUDA (torchrun): BatchNorm statistics over all processes
     preset: str | None = None  # named overrides from densemtl.presets, applied under YAML/flags
 
 
@@ -240,6 +246,10 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     _check_positive("data.num_classes", cfg.data.num_classes)
     if not re.fullmatch(DEVICE_PATTERN, cfg.device):
         raise UserError(f"{_name('device')}: expected cpu, cuda or cuda:N, got {cfg.device!r}")
+    _check_choice("amp", cfg.amp, AMP_MODES)
+    if cfg.sync_bn and not cfg.device.startswith("cuda"):
+        raise UserError(f"{_name('sync_bn')}: SyncBatchNorm runs on CUDA devices only (torch has no "
+                        f"CPU version); use it with --device cuda, got device {cfg.device!r}")
     return cfg
 
 
@@ -363,6 +373,12 @@ _FLAGS: tuple[tuple[str, str, dict], ...] = (
     ("--out", "out", dict(metavar="DIR", help="run folder (default: runs/<data>-<model>-<weighting>-<time>)")),
     ("--device", "device", dict(metavar="DEV", help="cpu, cuda or cuda:N")),
     ("--num-workers", "num_workers", dict(metavar="N", help="data-loading processes")),
+    ("--amp", "amp", dict(metavar="MODE", help="mixed precision of the forward pass: none, bf16 or fp16")),
+    ("--channels-last", "channels_last", dict(action=argparse.BooleanOptionalAction,
+                                              help="NHWC memory format for faster convolutions")),
+    ("--compile", "compile", dict(action=argparse.BooleanOptionalAction, help="torch.compile the model")),
+    ("--sync-bn", "sync_bn", dict(action=argparse.BooleanOptionalAction,
+                                  help="synchronise BatchNorm across torchrun processes (CUDA)")),
     ("--preset", "preset", dict(metavar="NAME", help="named recipe from densemtl.presets, e.g. atinet")),
 )
 

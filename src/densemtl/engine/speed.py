@@ -22,8 +22,7 @@ import torch
 import torch.nn as nn
 
 from ..errors import UserError
-
-AMP_MODES = ("none", "bf16", "fp16")
+from .config import AMP_MODES
 _AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
