@@ -51,13 +51,17 @@ class RunFolder:
     def is_finished(self) -> bool:
         return self.summary_json.exists() and self.final_checkpoint.exists()
 
-    def create(self) -> None:
-        """Make a fresh run folder; refuse one that already holds a run."""
+    def check_new(self) -> None:
+        """Refuse a folder that already holds a run (before any expensive setup)."""
         if self.has_run():
             raise UserError(
                 f"run folder {self.path} already holds a run; continue it with --resume {self.path} "
                 "or choose another --out"
             )
+
+    def create(self) -> None:
+        """Make a fresh run folder; refuse one that already holds a run."""
+        self.check_new()
         for d in (self.path, self.checkpoints, self.pictures):
             d.mkdir(parents=True, exist_ok=True)
 

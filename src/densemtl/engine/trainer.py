@@ -103,6 +103,8 @@ class Trainer:
         self.device = build.device_of(self.config.device)
         self.is_main = distributed.is_main_process()
         cfg = self.config
+        if _resume is None:
+            self.folder.check_new()
 
         self.tasks = build.build_tasks(cfg)
         seed_everything(cfg.seed)  # model initialisation
