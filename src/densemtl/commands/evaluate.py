@@ -63,7 +63,8 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"split {args.split!r} of {args.data_root or cfg.data.root or cfg.data.name} is empty")
     batch = cfg.eval_batch_size or (2 if cfg.convention == "mtan" else cfg.batch_size)
     loader = DataLoader(dataset, batch_size=batch, shuffle=False, num_workers=cfg.num_workers)
-    metrics, _, _ = evaluate_model(model, tasks, loader, cfg.convention, device)
+    metrics, _, _ = evaluate_model(model, tasks, loader, cfg.convention, device, amp=cfg.amp,
+                                   channels_last=cfg.channels_last)
     result = {
         "checkpoint": ckpt["path"], "model": cfg.model.name, "epoch": int(ckpt["epoch"]),
         "data": cfg.data.name, "data_root": args.data_root or cfg.data.root, "split": args.split,

@@ -38,10 +38,16 @@ def run(args: argparse.Namespace) -> int:
     from ..engine.trainer import Trainer
     from ..report import run_summary_markdown
 
-    if args.resume:
-        trainer = Trainer.resume(args.resume, overrides, progress=progress)
-    else:
-        trainer = Trainer(config, progress=progress)
-    summary = trainer.fit()
-    print(run_summary_markdown(summary, trainer.tasks))
+    from ..engine import distributed
+
+    try:  # under torchrun the Trainer joins the process group; leave it however training ends
+        if args.resume:
+            trainer = Trainer.resume(args.resume, overrides, progress=progress)
+        else:
+            trainer = Trainer(config, progress=progress)
+        summary = trainer.fit()
+    finally:
+        distributed.shutdown()
+    if trainer.is_main:
+        print(run_summary_markdown(summary, trainer.tasks))
     return 0

@@ -108,13 +108,11 @@ def build_dataset(cfg: TrainConfig, split: str, train: bool = False, root: str |
 
 
 def build_optimizer(cfg: TrainConfig, params: Iterable[nn.Parameter]) -> torch.optim.Optimizer:
+    """Adam or SGD with torch's fused kernel where it has one (see engine/speed.py)."""
+    from .speed import make_optimizer
+
     o = cfg.optim
-    params = [p for p in params if p.requires_grad]
-    if o.name == "adam":
-        return torch.optim.Adam(params, lr=o.lr, weight_decay=o.weight_decay)
-    if o.name == "sgd":
-        return torch.optim.SGD(params, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay)
-    raise AssertionError(o.name)  # config.validate() checks the name
+    return make_optimizer(o.name, params, lr=o.lr, weight_decay=o.weight_decay, momentum=o.momentum)
 
 
 def build_scheduler(cfg: TrainConfig, optimizer: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LRScheduler:
@@ -167,4 +165,7 @@ def model_from_checkpoint(ckpt: dict, device: torch.device | str = "cpu", expect
     tasks = build_tasks(cfg)
     model = build_model(cfg, tasks)
     load_model_state(model, ckpt)
+    from .speed import prepare_model
+
+    prepare_model(model, channels_last=cfg.channels_last)  # the memory format it was evaluated in
     return cfg, tasks, model.to(device).eval()

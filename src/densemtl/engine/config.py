@@ -247,9 +247,6 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     if not re.fullmatch(DEVICE_PATTERN, cfg.device):
         raise UserError(f"{_name('device')}: expected cpu, cuda or cuda:N, got {cfg.device!r}")
     _check_choice("amp", cfg.amp, AMP_MODES)
-    if cfg.sync_bn and not cfg.device.startswith("cuda"):
-        raise UserError(f"{_name('sync_bn')}: SyncBatchNorm runs on CUDA devices only (torch has no "
-                        f"CPU version); use it with --device cuda, got device {cfg.device!r}")
     return cfg
 
 

@@ -38,7 +38,7 @@ from ..models.info import count_params
 from ..report import mean_std, plot_curves, run_summary_markdown
 from ..tasks import Task
 from ..weighting import make_weighting
-from . import build, distributed
+from . import build, distributed, speed
 from .baselines import evaluate_trivial, trivial_predictions
 from .checkpoint import (
     FORMAT, VERSION, atomic_copy, atomic_save, atomic_write_text, check_model_name, load_checkpoint,
@@ -96,21 +96,34 @@ class Trainer:
 
     def __init__(self, config: TrainConfig, *, progress: bool | None = None,
                  log: Callable[[str], None] | None = None, _resume: dict | None = None):
-        self.config = build.resolve(config)
+        device = distributed.init_from_env(config.device)  # joins torchrun's process group, if any
+        # DDP: every rank uses rank 0's resolved config (a default run folder name holds the time)
+        self.config = distributed.broadcast_object(build.resolve(config))
         self.folder = RunFolder(self.config.out)
         self.progress = sys.stderr.isatty() if progress is None else progress
         self._log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
-        self.device = build.device_of(self.config.device)
+        self.device = build.device_of(device)
         self.is_main = distributed.is_main_process()
         cfg = self.config
         if _resume is None:
             self.folder.check_new()
+        distributed.barrier()  # DDP: every rank has checked the folder before rank 0 creates it
 
         self.tasks = build.build_tasks(cfg)
         seed_everything(cfg.seed)  # model initialisation
         self.model = build.build_model(cfg, self.tasks).to(self.device)
+        if cfg.sync_bn and self.device.type != "cuda":
+            raise UserError(f"sync_bn (--sync-bn): SyncBatchNorm runs on CUDA devices only (torch has "
+                            f"no CPU version); got device {cfg.device!r}")
+        if cfg.sync_bn and distributed.world_size() > 1:
+            self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
+        speed.prepare_model(self.model, channels_last=cfg.channels_last, compile=cfg.compile)
         self.weighting = make_weighting(cfg.weighting.name, list(self.tasks), **cfg.weighting.options).to(self.device)
+        # what the training step calls: the model itself, or under DDP a wrapper that averages
+        # the gradients of model and weighting; self.model stays the plain model (eval, checkpoints)
+        self.train_model = distributed.data_parallel(self.model, self.weighting, self.device)
         self.optimizer = build.build_optimizer(cfg, [*self.model.parameters(), *self.weighting.parameters()])
+        self.scaler = speed.grad_scaler(self.device, cfg.amp)  # enabled for amp=fp16 only
         self.scheduler = build.build_scheduler(cfg, self.optimizer)
         self.train_set = build.build_dataset(cfg, "train", train=True)
         self.val_set = build.build_dataset(cfg, "val")
@@ -151,6 +164,8 @@ class Trainer:
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scheduler.load_state_dict(ckpt["scheduler"])
         self.weighting.load_state_dict(ckpt["weighting"])
+        if "scaler" in ckpt:  # absent from checkpoints written before the amp option
+            self.scaler.load_state_dict(ckpt["scaler"])
         set_rng_state(ckpt["rng"])
         self.epoch = int(ckpt["epoch"])
         self.history = list(ckpt["history"])
@@ -167,7 +182,9 @@ class Trainer:
     # ------------------------------------------------------------------ data
     def train_sampler(self, epoch: int) -> Sampler:
         """Order of the training samples in ``epoch``: a shuffle seeded by (seed, epoch).
-        A DDP launcher replaces this with a per-rank sampler (e.g. DistributedSampler.set_epoch)."""
+        Under DDP, this rank's share of the same shuffle (see distributed.train_sampler)."""
+        if distributed.world_size() > 1:
+            return distributed.train_sampler(self.train_set, epoch_seed(self.config.seed, epoch))
         g = torch.Generator()
         g.manual_seed(epoch_seed(self.config.seed, epoch))
         return RandomSampler(self.train_set, generator=g)
@@ -204,14 +221,15 @@ class Trainer:
                    disable=not (self.progress and self.is_main), dynamic_ncols=True)
         for step, batch in enumerate(bar, 1):
             batch = to_device(batch, self.device)
-            losses = compute_losses(self.tasks, self.model(batch["image"]), batch)
+            with speed.autocast(self.device, cfg.amp):
+                outputs = self.train_model(speed.prepare_images(batch["image"], cfg.channels_last))
+            losses = compute_losses(self.tasks, outputs, batch)  # float32, outside autocast
             total = self.weighting.combine(losses)
             values = torch.stack([*(losses[t].detach() for t in self.tasks), total.detach()]).double()
             if not bool(torch.isfinite(values).all()):
                 self._diverged(epoch, step, dict(zip([*self.tasks, "total (weighted)"], values.tolist())))
             self.optimizer.zero_grad(set_to_none=True)
-            total.backward()
-            self.optimizer.step()
+            speed.backward_and_step(total, self.optimizer, self.scaler)
             for t in self.tasks:
                 sums[t] += losses[t].detach().double()
             steps += 1
@@ -219,7 +237,10 @@ class Trainer:
                 bar.set_postfix({t[:4]: f"{v:.3f}" for t, v in zip(self.tasks, values.tolist())})
         if steps == 0:
             raise UserError(f"the train split of {cfg.data.name!r} gave no batch")
-        return {t: float(s) / steps for t, s in sums.items()}
+        # DDP: the mean over ranks (every rank takes as many steps), identical on every rank,
+        # so that DWA's weights derived from these losses agree everywhere
+        means = distributed.all_reduce_sum(torch.stack(list(sums.values())) / steps) / distributed.world_size()
+        return {t: float(m) for t, m in zip(sums, means)}
 
     def _diverged(self, epoch: int, step: int, values: dict[str, float]) -> None:
         bad = ", ".join(f"{k} = {v}" for k, v in values.items() if not math.isfinite(v))
@@ -235,8 +256,11 @@ class Trainer:
                  ) -> tuple[dict[str, dict[str, float]], dict[str, float], dict]:
         """Metrics ``{task: {metric: value}}``, mean val losses ``{task: loss}`` and the first
         :data:`PREVIEW_ROWS` samples (images, targets, predictions) for the preview picture."""
-        return evaluate_model(self.model, self.tasks, self._loader(dataset or self.val_set, self.eval_batch_size),
-                              convention or self.config.convention, self.device, self.progress and self.is_main)
+        dataset = dataset or self.val_set
+        shard = distributed.ShardSampler(dataset) if distributed.world_size() > 1 else None
+        return evaluate_model(self.model, self.tasks, self._loader(dataset, self.eval_batch_size, shard),
+                              convention or self.config.convention, self.device, self.progress and self.is_main,
+                              amp=self.config.amp, channels_last=self.config.channels_last)
 
     # ------------------------------------------------------------------ the run
     def fit(self) -> dict:
@@ -282,6 +306,7 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "weighting": self.weighting.state_dict(),
+            "scaler": self.scaler.state_dict(),
             "rng": rng_state(),
         }
 
@@ -331,9 +356,11 @@ def describe_constant(task: Task, value) -> str:
 
 @torch.no_grad()
 def evaluate_model(model: nn.Module, tasks: dict[str, Task], loader: DataLoader, convention: str,
-                   device: torch.device, progress: bool = False
+                   device: torch.device, progress: bool = False, *, amp: str = "none",
+                   channels_last: bool = False
                    ) -> tuple[dict[str, dict[str, float]], dict[str, float], dict]:
-    """Evaluate ``model`` over ``loader``: metrics, mean losses and the first samples for a preview."""
+    """Evaluate ``model`` over ``loader``: metrics, mean losses and the first samples for a preview.
+    Under DDP each rank evaluates its shard; meters and loss sums are merged over the ranks."""
     model.eval()
     meters = {t: task.make_meter(convention) for t, task in tasks.items()}
     loss_sums = {t: 0.0 for t in tasks}
@@ -342,7 +369,8 @@ def evaluate_model(model: nn.Module, tasks: dict[str, Task], loader: DataLoader,
     kept = 0
     for batch in tqdm(loader, desc="evaluate", leave=False, disable=not progress, dynamic_ncols=True):
         batch = to_device(batch, device)
-        outputs = model(batch["image"])
+        with speed.autocast(device, amp):
+            outputs = model(speed.prepare_images(batch["image"], channels_last))
         for t, loss in compute_losses(tasks, outputs, batch).items():
             loss_sums[t] += float(loss)
         batches += 1
@@ -363,7 +391,9 @@ def evaluate_model(model: nn.Module, tasks: dict[str, Task], loader: DataLoader,
         "targets": {t: torch.cat(v) for t, v in keep["targets"].items()},
         "preds": {t: torch.cat(v) for t, v in keep["preds"].items()},
     }
-    return metrics, {t: s / max(batches, 1) for t, s in loss_sums.items()}, preview
+    *sums, batches = distributed.all_reduce_sum(
+        torch.tensor([*loss_sums.values(), batches], dtype=torch.float64, device=device)).tolist()
+    return metrics, {t: s / max(batches, 1) for t, s in zip(loss_sums, sums)}, preview
 
 
 def format_epoch(record: dict, tasks: dict[str, Task]) -> str:
