@@ -16,8 +16,10 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# Passive OpenMP waiting: on a machine shared with other jobs, spinning threads can make
+# PyTorch several times slower than one thread (README, "Demo results").
 demo: $(STAMP)
-	$(BIN)/densemtl train
+	OMP_WAIT_POLICY=$${OMP_WAIT_POLICY:-PASSIVE} $(BIN)/densemtl train
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
