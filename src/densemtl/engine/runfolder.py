@@ -76,7 +76,7 @@ class RunFolder:
                 "epoch finished); start it again with --out"
             )
         for stale in self.path.rglob(".*.tmp"):  # left by a write that was killed mid-way
-            stale.unlink()
+            stale.unlink(missing_ok=True)  # torchrun: every rank resuming may remove the same file
 
     def append_metrics(self, record: dict) -> None:
         with open(self.metrics, "a") as f:
