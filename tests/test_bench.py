@@ -89,6 +89,7 @@ def test_speedups_and_reports():
     assert parsed[0]["model"] == "split" and float(parsed[0]["ms_median"]) == pytest.approx(row["ms_median"], rel=1e-5)
     md = bench.to_markdown([row], env, "densemtl bench --models split")
     assert "| split | infer | fp32 channels_last |" in md and env["cpu"] in md
+    assert row["cpu_ms_median"] > 0
 
 
 def test_cli_writes_markdown_csv_and_json(tmp_path, capsys):

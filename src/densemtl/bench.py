@@ -155,9 +155,12 @@ def _percentile(sorted_values: list[float], q: float) -> float:
     return sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * (pos - lo)
 
 
-def _timed(run: Callable[[], None], warmup: int, steps: int, sync: Callable[[], None]) -> tuple[float, list[float]]:
-    """Seconds of the first call (includes compilation and one-time setup), then the seconds of
-    each of ``steps`` timed calls after ``warmup`` untimed ones (the first one included)."""
+def _timed(run: Callable[[], None], warmup: int, steps: int, sync: Callable[[], None]
+           ) -> tuple[float, list[float], list[float]]:
+    """Seconds of the first call (includes compilation and one-time setup), then the wall-clock
+    and the process CPU seconds (all threads) of each of ``steps`` timed calls after ``warmup``
+    untimed ones (the first one included). On a machine shared with other work, CPU time is
+    the steadier of the two: it does not count the time this process waited for a core."""
     start = time.perf_counter()
     run()
     sync()
@@ -165,13 +168,14 @@ def _timed(run: Callable[[], None], warmup: int, steps: int, sync: Callable[[], 
     for _ in range(warmup - 1):
         run()
     sync()
-    times = []
+    wall, cpu = [], []
     for _ in range(steps):
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), time.process_time()
         run()
         sync()
-        times.append(time.perf_counter() - start)
-    return first, times
+        wall.append(time.perf_counter() - start)
+        cpu.append(time.process_time() - start_cpu)
+    return first, wall, cpu
 
 
 def _train_flops(model: nn.Module, tasks: dict[str, Task], images: torch.Tensor, batch: dict) -> float:
@@ -239,7 +243,7 @@ def measure(spec: BenchSpec) -> dict:
         torch.cuda.reset_peak_memory_stats(device)
     rss_before = _status_kb("VmRSS")
     peak_reset = device.type == "cuda" or _reset_rss_peak()
-    first, times = _timed(run, max(spec.warmup, 1), spec.steps, sync)
+    first, times, cpu_times = _timed(run, max(spec.warmup, 1), spec.steps, sync)
     if device.type == "cuda":
         peak_mb, memory_kind = torch.cuda.max_memory_allocated(device) / 2**20, "cuda max allocated"
     else:
@@ -258,6 +262,7 @@ def measure(spec: BenchSpec) -> dict:
         "steps": spec.steps, "warmup": spec.warmup,
         "ms_median": 1000 * median, "ms_p10": 1000 * _percentile(times, 0.1),
         "ms_p90": 1000 * _percentile(times, 0.9), "ms_min": 1000 * times[0],
+        "cpu_ms_median": 1000 * statistics.median(cpu_times),
         "first_step_s": first,
         "images_per_s": spec.batch_size / median,
         "peak_mem_mb": peak_mb, "rss_before_mb": (rss_before or 0) / 1024 if device.type == "cpu" else None,
@@ -309,7 +314,8 @@ def add_speedups(rows: list[dict]) -> None:
 
 CSV_COLUMNS = (
     "model", "phase", "batch", "size", "width", "tasks", "amp", "channels_last", "compile", "fused",
-    "device", "threads", "steps", "warmup", "ms_median", "ms_p10", "ms_p90", "ms_min", "first_step_s",
+    "device", "threads", "steps", "warmup", "ms_median", "ms_p10", "ms_p90", "ms_min", "cpu_ms_median",
+    "first_step_s",
     "images_per_s", "vs_baseline", "peak_mem_mb", "rss_before_mb", "memory", "params",
     "gflops_per_image", "step_gflop", "achieved_gflops",
 )
@@ -346,15 +352,16 @@ def to_markdown(rows: list[dict], env: dict, command: str | None = None) -> str:
         f"- torch {env['torch']}, python {env['python']}, densemtl {env['densemtl']}; {env['date']}",
         f"- load average when started: {', '.join(map(str, env['load_average']))}",
         "",
-        "| model | phase | options | batch | size | width | ms/step median [p10, p90] | images/s | "
-        "x baseline | peak memory (MB) | params | GFLOPs/image | GFLOP/step | GFLOP/s |",
-        "|---|---|---|---:|---|---:|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| model | phase | options | batch | size | width | ms/step median [p10, p90] | CPU ms/step | "
+        "images/s | x baseline | peak memory (MB) | params | GFLOPs/image | GFLOP/step | GFLOP/s |",
+        "|---|---|---|---:|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         vs = f"{r['vs_baseline']:.2f}" if r.get("vs_baseline") else ""
         lines.append(
             f"| {r['model']} | {r['phase']} | {_options(r)} | {r['batch']} | {r['size']} | {r['width']:g} | "
-            f"{r['ms_median']:.1f} [{r['ms_p10']:.1f}, {r['ms_p90']:.1f}] | {r['images_per_s']:.2f} | {vs} | "
+            f"{r['ms_median']:.1f} [{r['ms_p10']:.1f}, {r['ms_p90']:.1f}] | {r['cpu_ms_median']:.0f} | "
+            f"{r['images_per_s']:.2f} | {vs} | "
             f"{r['peak_mem_mb']:.0f} | {r['params']:,} | {r['gflops_per_image']:.2f} | {r['step_gflop']:.2f} | "
             f"{r['achieved_gflops']:.1f} |"
         )
@@ -362,6 +369,7 @@ def to_markdown(rows: list[dict], env: dict, command: str | None = None) -> str:
     lines += [
         "",
         f"Memory: {', '.join(kinds)} during the phase (CPU: whole process, libraries included). "
+        "CPU ms/step: process CPU time of a step, all threads (median). "
         "GFLOPs count 2 per multiply-add; train steps count forward + backward.",
     ]
     return "\n".join(lines) + "\n"
