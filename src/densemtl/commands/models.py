@@ -71,9 +71,10 @@ def model_info(name: str, data: str = "nyuv2", width: float = 1.0, size: tuple[i
     info = dataset_info(data)
     if tasks is None:
         tasks = list(info.tasks[:1] if entry.single_task else info.tasks)
-    unknown = [t for t in tasks if t not in info.tasks]
+    unknown = [t for t in tasks if t not in info.available_tasks]
     if unknown:
-        raise UserError(f"option --tasks: dataset {data!r} has no task(s) {unknown}; expected some of {list(info.tasks)}")
+        raise UserError(f"option --tasks: dataset {data!r} has no task(s) {unknown}; "
+                        f"expected some of {list(info.available_tasks)}")
     size = size or info.size
     check_input_size(name, *size)
     channels = task_channels(make_tasks(tasks, num_classes=info.num_classes))

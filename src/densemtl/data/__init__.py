@@ -31,12 +31,19 @@ class DatasetInfo:
     """What a dataset variant offers: everything a model, a loss or a report needs to know."""
 
     variant: str  # the name reports print: "nyuv2", "cityscapes", "nyud", "synthetic"
-    tasks: tuple[str, ...]  # tasks with ground truth, in the order they are usually listed
+    tasks: tuple[str, ...]  # the default tasks, with ground truth on disk, in their usual order
     num_classes: int
     class_names: tuple[str, ...]
     size: tuple[int, int]  # default (height, width) of the samples
     depth_kind: str = "depth"  # "depth" (metres) or "disparity" (inverse depth): how scaling changes it
     splits: tuple[str, ...] = ("train", "val")
+    # Tasks available on request whose targets are derived from others (``edge`` from the labels).
+    derived_tasks: tuple[str, ...] = ()
+
+    @property
+    def available_tasks(self) -> tuple[str, ...]:
+        """Every task this dataset can supply: the defaults, then the derived ones."""
+        return (*self.tasks, *self.derived_tasks)
 
     def __post_init__(self) -> None:
         if len(self.class_names) != self.num_classes:

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from ..edges import edges_from_segmentation
 from ..errors import UserError, unknown_name
 from . import DatasetInfo
 from ._io import (
@@ -84,16 +85,19 @@ class NpyLayoutDataset(Dataset):
             return self.info.tasks
         tasks = tuple(tasks)
         for t in tasks:
-            if t not in self.info.tasks:
-                raise unknown_name(f"task for dataset {self.info.variant!r}:", t, self.info.tasks)
+            if t not in self.info.available_tasks:
+                raise unknown_name(f"task for dataset {self.info.variant!r}:", t, self.info.available_tasks)
         if not tasks:
             raise UserError("at least one task is required")
         return tasks
 
     @property
     def keys(self) -> tuple[str, ...]:
-        """Keys read from disk: the image, then the tasks."""
-        return ("image", *self.tasks)
+        """Keys read from disk: the image, then the tasks (the labels for a derived edge task)."""
+        stored = [t for t in self.tasks if t not in self.info.derived_tasks]
+        if "edge" in self.tasks and "edge" in self.info.derived_tasks and "semantic" not in stored:
+            stored.append("semantic")
+        return ("image", *stored)
 
     def path(self, key: str, index: int) -> Path:
         return self.split_dir / self.folder(key) / f"{index}.npy"
@@ -108,6 +112,11 @@ class NpyLayoutDataset(Dataset):
             paths[key] = p = self.path(key, index)
             out[key] = _CHECKS[key](load_npy(p), p, self.info.num_classes)
         check_same_size({key: (arr, paths[key]) for key, arr in out.items()})
+        if "edge" in self.tasks and "edge" in self.info.derived_tasks:
+            # Boundaries of the label map, H x W x 1 like the other channels-last targets.
+            out["edge"] = edges_from_segmentation(torch.from_numpy(out["semantic"]))[0, ..., None].numpy()
+            if "semantic" not in self.tasks:
+                del out["semantic"]
         return out
 
     def __getitem__(self, index: int) -> Sample:

@@ -23,4 +23,4 @@ class NYUv2Dataset(NpyLayoutDataset):
     @classmethod
     def info_for(cls) -> DatasetInfo:
         return DatasetInfo(variant="nyuv2", tasks=NYUV2_TASKS, num_classes=len(NYUV2_CLASSES),
-                           class_names=NYUV2_CLASSES, size=(288, 384))
+                           class_names=NYUV2_CLASSES, size=(288, 384), derived_tasks=("edge",))

@@ -917,7 +917,7 @@ class SyntheticDataset(NYUv2Dataset):
     @classmethod
     def info_for(cls) -> DatasetInfo:
         return DatasetInfo(variant="synthetic", tasks=NYUV2_TASKS, num_classes=len(NYUV2_CLASSES),
-                           class_names=NYUV2_CLASSES, size=DEFAULT_SIZE)
+                           class_names=NYUV2_CLASSES, size=DEFAULT_SIZE, derived_tasks=("edge",))
 
     def default_root(self) -> Path:
         return ensure_default_dataset()

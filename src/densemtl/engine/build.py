@@ -48,9 +48,10 @@ def resolve(cfg: TrainConfig) -> TrainConfig:
     entry = get_entry(cfg.model.name)
     tasks = list(cfg.data.tasks) if cfg.data.tasks is not None else list(info.tasks)
     for t in tasks:
-        if t not in info.tasks:
+        if t not in info.available_tasks:
             raise UserError(
-                f"data.tasks: dataset {cfg.data.name!r} has no task {t!r}; expected some of {', '.join(info.tasks)}"
+                f"data.tasks: dataset {cfg.data.name!r} has no task {t!r}; "
+                f"expected some of {', '.join(info.available_tasks)}"
             )
     if entry.single_task and len(tasks) != 1:
         raise UserError(
