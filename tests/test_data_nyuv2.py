@@ -90,8 +90,8 @@ def test_task_subset_and_dataloader(nyuv2_mini):
     batch = next(iter(DataLoader(build_dataset("nyuv2", nyuv2_mini, "val"), batch_size=2)))
     assert batch["image"].shape == (2, 3, 288, 384) and batch["semantic"].shape == (2, 288, 384)
     assert batch["index"].tolist() == [0, 1]
-    with pytest.raises(UserError, match="unknown task.*'edge'"):
-        build_dataset("nyuv2", nyuv2_mini, "val", tasks=["edge"])
+    with pytest.raises(UserError, match="unknown task.*'boundary'"):
+        build_dataset("nyuv2", nyuv2_mini, "val", tasks=["boundary"])
     with pytest.raises(IndexError):
         ds[4]
 
