@@ -100,7 +100,7 @@ def test_info_passes_model_options_and_synthetic_has_the_nyuv2_tasks(capsys):
 @pytest.mark.parametrize("argv, message", [
     (["info", "mtan", "--size", "100x100"], "multiples of 32"),
     (["info", "nosuchmodel"], "unknown model"),
-    (["info", "mtan", "--tasks", "semantic,edge"], "--tasks"),
+    (["info", "mtan", "--tasks", "semantic,boundary"], "--tasks"),
     (["info", "mtan", "-o", "mixing"], "KEY=VALUE"),
     (["info", "mtan", "-o", "mixing=full"], "unknown option"),
 ])
