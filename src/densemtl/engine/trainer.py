@@ -319,6 +319,7 @@ class Trainer:
             self.folder.write_json(self.folder.summary_json, summary)
             atomic_write_text(run_summary_markdown(summary, self.tasks), self.folder.summary_md)
             self.log(f"done: {self.folder.summary_md}")
+        distributed.barrier()  # DDP: no rank returns (and, e.g., resumes the run) before the files exist
         return summary
 
     def summary(self) -> dict:
