@@ -11,6 +11,8 @@ DEFAULT_MODELS = "single,split,dense,cross_stitch,mtan"
 DEFAULT_WEIGHTINGS = "equal,uncertainty,dwa"
 # Set per run by the comparison, so `densemtl train`'s flags for them do not apply here.
 PER_RUN_KEYS = ("model.name", "weighting.name", "out")
+# A warm start fits one model family, not every run of a grid (single-task baselines included).
+NOT_FOR_COMPARE = ("init_from",)
 
 EPILOG = """examples:
   densemtl compare --out runs/cmp --seeds 2 --width 0.125 --size 64x64 --epochs 10
@@ -42,7 +44,7 @@ def add_parser(sub) -> None:
     p.add_argument("--baseline", default="single", metavar="MODEL",
                    help="single-task model of the Δm reference (default single; always trained)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
-    add_config_arguments(p, exclude=PER_RUN_KEYS)
+    add_config_arguments(p, exclude=(*PER_RUN_KEYS, *NOT_FOR_COMPARE))
     p.set_defaults(func=run)
 
 

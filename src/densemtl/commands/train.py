@@ -11,6 +11,7 @@ EPILOG = """examples:
   densemtl train --data nyuv2 --data-root DIR --preset mtan --device cuda
   densemtl train --config my.yaml --lr 3e-4 --weighting dwa
   densemtl train --resume runs/RUN                 # continue an interrupted run
+  densemtl train --preset atinet --init-from runs/MTAN_RUN ...   # warm start ATI-Net from MTAN
 """
 
 

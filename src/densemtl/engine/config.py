@@ -107,6 +107,9 @@ class TrainConfig:
     compile: bool = False  # torch.compile the model (on CPU it needs a C++ compiler)
     sync_bn: bool = False  # DDP on CUDA (torchrun): BatchNorm statistics over all processes
     preset: str | None = None  # named overrides from densemtl.presets, applied under YAML/flags
+    # warm start of a new run: a checkpoint file or run folder of the same architecture family
+    # (engine/warmstart.py); ignored on resume, which restores the run's own checkpoint
+    init_from: str | None = None
 
 
 # ----------------------------------------------------------------------------- value checking
@@ -377,6 +380,9 @@ _FLAGS: tuple[tuple[str, str, dict], ...] = (
     ("--sync-bn", "sync_bn", dict(action=argparse.BooleanOptionalAction,
                                   help="synchronise BatchNorm across torchrun processes (CUDA)")),
     ("--preset", "preset", dict(metavar="NAME", help="named recipe from densemtl.presets, e.g. atinet")),
+    ("--init-from", "init_from", dict(
+        metavar="CKPT", help="warm start: load every matching tensor of a checkpoint file or run folder "
+                             "of the same model family (e.g. MTAN for ATI-Net) before training")),
 )
 
 

@@ -46,6 +46,7 @@ from .checkpoint import (
 )
 from .config import TrainConfig, config_from_dict, load_config, merge, save_yaml, to_dict
 from .runfolder import RunFolder
+from .warmstart import init_from_checkpoint
 
 PREVIEW_ROWS = 4
 
@@ -112,6 +113,8 @@ class Trainer:
         self.tasks = build.build_tasks(cfg)
         seed_everything(cfg.seed)  # model initialisation
         self.model = build.build_model(cfg, self.tasks).to(self.device)
+        if _resume is None and cfg.init_from is not None:  # a resumed run restores its own weights
+            self.log(init_from_checkpoint(self.model, cfg.init_from).summary())
         if cfg.sync_bn and self.device.type != "cuda":
             raise UserError(f"sync_bn (--sync-bn): SyncBatchNorm runs on CUDA devices only (torch has "
                             f"no CPU version); got device {cfg.device!r}")
@@ -149,6 +152,9 @@ class Trainer:
         folder.require_resumable()
         saved = load_config(folder.config)
         values = merge(to_dict(saved), overrides or {})
+        if values["init_from"] != saved.init_from:
+            raise UserError(f"--init-from cannot be used with --resume: the run in {folder.path} continues "
+                            "from its own checkpoint (a warm start applies to a new run only)")
         values["out"] = str(folder.path)
         config = config_from_dict(values)
         ckpt = load_checkpoint(folder.last_checkpoint)
