@@ -146,7 +146,7 @@ def test_resume_refuses_another_model(scenes, tmp_path, capsys):
 @pytest.mark.parametrize("argv, fragments", [
     (["--model", "nope"], ["unknown model 'nope'", "mtan"]),
     (["--size", "30x32"], ["multiples of 32", "30x32"]),
-    (["--tasks", "semantic,edge"], ["data.tasks", "'edge'"]),
+    (["--tasks", "semantic,sky"], ["data.tasks", "'sky'"]),
     (["--weighting", "magic"], ["unknown weighting 'magic'", "dwa"]),
     (["--weighting", "dwa", "--weighting-opt", "temp=2"], ["temp", "'dwa'"]),
     (["--model", "single"], ["single-task model", "--tasks"]),
