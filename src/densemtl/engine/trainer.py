@@ -358,7 +358,7 @@ def describe_constant(task: Task, value) -> str:
         return f"mean train depth {float(value):.4g}"
     if task.target_kind == "normal":
         return "mean train normal (" + ", ".join(f"{v:.3f}" for v in value.tolist()) + ")"
-    return f"constant {float(value):.4g}"
+    return f"mean train edge fraction {float(value):.4g}"
 
 
 @torch.no_grad()
