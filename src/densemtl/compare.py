@@ -548,7 +548,8 @@ def markdown_header(settings: Mapping, tasks: Mapping[str, Task]) -> str:
         "2 FLOPs per multiply-add.",
         "- last row: trivial predictors (majority class, mean train depth, mean train normal) scored on the "
         "same split, the floor against which the models' differences can be read",
-        f"- machine: {env['cpu']} ({env['cores']} cores), torch {env['torch']}, Python {env['python']}",
+        f"- machine: {env['cpu']} ({env['cores']} cores){', GPU ' + env['gpu'] if env['gpu'] else ''}, "
+        f"torch {env['torch']}, Python {env['python']}",
     ]
     return "\n".join(lines) + "\n"
 
