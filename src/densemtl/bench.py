@@ -247,8 +247,10 @@ def measure(spec: BenchSpec) -> dict:
     if device.type == "cuda":
         peak_mb, memory_kind = torch.cuda.max_memory_allocated(device) / 2**20, "cuda max allocated"
     else:
-        hwm = _status_kb("VmHWM")
-        peak_mb = hwm / 1024 if hwm is not None else float("nan")
+        # The kernel folds per-thread RSS counters into VmHWM lazily, so the mark can trail an
+        # RSS reading by a few pages: the peak is at least every RSS we have seen.
+        seen = [kb for kb in (_status_kb("VmHWM"), rss_before, _status_kb("VmRSS")) if kb is not None]
+        peak_mb = max(seen) / 1024 if seen else float("nan")
         memory_kind = "peak RSS" if peak_reset else "peak RSS (process lifetime)"
 
     times.sort()
