@@ -61,7 +61,7 @@ NOTES["sca_mtl"] = """SCA-MTL on NYUD-v2 (40 classes, 480x640, semantic + depth)
 Adam lr 1e-4, weight decay 1e-4, poly schedule (1 - epoch/epochs)^0.9, 100 epochs, batch 10,
 random scale (1, 1.2, 1.5) and flip; deep-supervision losses at every scale are added to their
 task's loss. Pass --data-root (the NYUD_MT release) and, for the paper's setting, the HRNet
-ImageNet weights with `-o pretrained=hrnet_w18_small_model_v2.pth`. `--model mtinet` or
+ImageNet weights with `--model-opt pretrained=hrnet_w18_small_model_v2.pth`. `--model mtinet` or
 `--model padnet` run the baselines with the same recipe (their official configs use batch 8).
 
 Not reproduced: the official configs weight the task losses 1.44 (semantic) and 1.15 (depth);
