@@ -227,6 +227,9 @@ class Trainer:
                    disable=not (self.progress and self.is_main), dynamic_ncols=True)
         for step, batch in enumerate(bar, 1):
             batch = to_device(batch, self.device)
+            # free the last step's gradients before the forward pass builds its activations
+            # (clearing them after it, as MTAN's code does, keeps a model's worth of memory alive)
+            self.optimizer.zero_grad(set_to_none=True)
             with speed.autocast(self.device, cfg.amp):
                 outputs = self.train_model(speed.prepare_images(batch["image"], cfg.channels_last))
             losses = compute_losses(self.tasks, outputs, batch)  # float32, outside autocast
@@ -234,7 +237,6 @@ class Trainer:
             values = torch.stack([*(losses[t].detach() for t in self.tasks), total.detach()]).double()
             if not bool(torch.isfinite(values).all()):
                 self._diverged(epoch, step, dict(zip([*self.tasks, "total (weighted)"], values.tolist())))
-            self.optimizer.zero_grad(set_to_none=True)
             speed.backward_and_step(total, self.optimizer, self.scaler)
             for t in self.tasks:
                 sums[t] += losses[t].detach().double()
