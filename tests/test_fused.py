@@ -93,7 +93,7 @@ def test_per_task_batch_statistics_matter_on_this_input():
     reference = copy.deepcopy(unit)
     expected = torch.cat([reference(x) for x in tasks])
     fused_unit = copy.deepcopy(unit)
-    torch.testing.assert_close(shared_unit(fused_unit, torch.cat(tasks), 3), expected)
+    torch.testing.assert_close(torch.cat(shared_unit(fused_unit, torch.cat(tasks), 3)), expected)
     torch.testing.assert_close(per_task, expected)
     whole = copy.deepcopy(unit)(torch.cat(tasks))
     assert not torch.allclose(whole, expected, atol=1e-3)

@@ -3,9 +3,10 @@
 For every model, two phases are measured on a synthetic batch (random images and targets of the
 requested tasks; speed does not depend on the values):
 
-- ``train``: one training step as the trainer runs it: forward (under autocast if ``amp``), the
-  tasks' losses in float32 (:func:`~densemtl.engine.trainer.compute_losses`), their sum, backward
-  and an Adam step (through the grad scaler for fp16);
+- ``train``: one training step as the trainer runs it: release the previous gradients, forward
+  (under autocast if ``amp``), the tasks' losses in float32
+  (:func:`~densemtl.engine.trainer.compute_losses`), their sum, backward and an Adam step (through
+  the grad scaler for fp16);
 - ``infer``: one forward pass in eval mode without gradients.
 
 Each phase runs ``warmup`` untimed steps, then ``steps`` timed ones, and reports the median and
@@ -16,7 +17,8 @@ phase; GPU: ``torch.cuda.max_memory_allocated``), parameters, forward GFLOPs per
 backward counted by :class:`torch.utils.flop_counter.FlopCounterMode`) and the achieved GFLOP/s.
 
 ``baseline=True`` adds the reference point of the speed work: MTAN-SegNet as the paper's code
-runs it (per-task loop ``fused=False``, float32, NCHW, eager, torch's default per-parameter Adam).
+runs it (per-task loop ``fused=False``, float32, NCHW, eager, torch's default per-parameter Adam,
+gradients cleared after the forward pass).
 
 By default every phase runs in a fresh process (``spawn``), so that the memory high-water mark
 and the allocator state of one measurement do not leak into the next.
@@ -222,12 +224,18 @@ def measure(spec: BenchSpec) -> dict:
         optimizer = speed.make_optimizer("adam", model.parameters(), lr=1e-4,
                                          fused=False if spec.baseline else None)
         scaler = speed.grad_scaler(device, amp)
+        # the trainer frees the last step's gradients before the forward pass; the paper's code
+        # clears them after it, so they stay alive (a model's worth of memory) during the forward
+        zero_first = not spec.baseline
 
         def run() -> None:
+            if zero_first:
+                optimizer.zero_grad(set_to_none=True)
             with speed.autocast(device, amp):
                 outputs = model(images)
             total = sum(compute_losses(tasks, outputs, batch).values())
-            optimizer.zero_grad(set_to_none=True)
+            if not zero_first:
+                optimizer.zero_grad(set_to_none=True)
             speed.backward_and_step(total, optimizer, scaler)
     else:
         model.eval()

@@ -33,22 +33,26 @@ if TYPE_CHECKING:  # imported for annotations only (mtan imports this module)
     from .mtan import MTANSegNet
 
 
-def shared_unit(unit: nn.Module, stacked: torch.Tensor, tasks: int) -> torch.Tensor:
+def shared_unit(unit: nn.Module, stacked: torch.Tensor, tasks: int) -> list[torch.Tensor]:
     """Apply ``unit`` (a chain of conv / BN / activation layers shared by all tasks) to
-    task-stacked features, equal to applying it to each task's slice separately.
+    task-stacked features; returns each task's output, equal to applying the unit to each
+    task's slice separately.
 
     ``unit`` must be an :class:`~torch.nn.Sequential` (as built by
-    :func:`~densemtl.models.blocks.conv_unit`); every layer but batch norm acts per image, so
-    it runs once over the stack. In training mode each BatchNorm runs once per task slice.
+    :func:`~densemtl.models.blocks.conv_unit`). Layers before the first BatchNorm act per image
+    and run once over the stack; in training mode the BatchNorm and every layer after it run
+    per task slice (views of the stack), so no re-stacking copy is made. In eval mode the
+    running statistics are shared and the whole unit runs over the stack.
     """
-    for layer in unit:
+    layers = list(unit)
+    for i, layer in enumerate(layers):
         if isinstance(layer, nn.modules.batchnorm._BatchNorm) and (
             layer.training or not layer.track_running_stats
         ):
-            stacked = torch.cat([layer(part) for part in stacked.chunk(tasks)])
-        else:
-            stacked = layer(stacked)
-    return stacked
+            rest = nn.Sequential(*layers[i:])
+            return [rest(part) for part in stacked.chunk(tasks)]
+        stacked = layer(stacked)
+    return list(stacked.chunk(tasks))
 
 
 def gate(masks: Sequence[torch.Tensor], shared: torch.Tensor) -> torch.Tensor:
@@ -66,15 +70,14 @@ def up2(x: torch.Tensor) -> torch.Tensor:
 def attend_encoder(model: "MTANSegNet", enc: "Encoded") -> list[torch.Tensor]:
     """Fused form of :meth:`MTANSegNet.attend_encoder`: each task's a_t,4 (task order)."""
     tasks = len(model.task_names)
-    stacked = None
+    feats: list[torch.Tensor] = []
     for j, (attention, conv) in enumerate(zip(model.encoder_attention, model.encoder_convs)):
-        if stacked is None:
+        if not feats:
             masks = [mask(enc.first[j]) for mask in attention]
         else:
-            masks = [mask(torch.cat((enc.first[j], a), dim=1))
-                     for mask, a in zip(attention, stacked.chunk(tasks))]
-        stacked = F.max_pool2d(shared_unit(conv, gate(masks, enc.last[j]), tasks), 2, 2)
-    return list(stacked.chunk(tasks))
+            masks = [mask(torch.cat((enc.first[j], a), dim=1)) for mask, a in zip(attention, feats)]
+        feats = [F.max_pool2d(x, 2, 2) for x in shared_unit(conv, gate(masks, enc.last[j]), tasks)]
+    return feats
 
 
 def attend_decoder(model: "MTANSegNet", dec: "Decoded", task_bottleneck: Sequence[torch.Tensor]
@@ -83,7 +86,7 @@ def attend_decoder(model: "MTANSegNet", dec: "Decoded", task_bottleneck: Sequenc
     tasks = len(task_bottleneck)
     stacked = torch.cat(list(task_bottleneck))
     for k, (attention, conv) in enumerate(zip(model.decoder_attention, model.decoder_convs)):
-        ups = shared_unit(conv, up2(stacked), tasks).chunk(tasks)
+        ups = shared_unit(conv, up2(stacked), tasks)
         masks = [mask(torch.cat((dec.inputs[k], d), dim=1)) for mask, d in zip(attention, ups)]
         stacked = gate(masks, dec.outputs[k])
     return list(stacked.chunk(tasks))
