@@ -72,7 +72,7 @@ def test_baseline_is_the_per_task_fp32_nchw_mtan():
     assert row["step_gflop"] == pytest.approx(row["gflops_per_image"] * 2)  # inference: forward only
 
 
-def test_speedups_and_reports():
+def test_speedups_and_reports(monkeypatch):
     rows = [
         {"model": bench.BASELINE_LABEL, "phase": "train", "ms_median": 300.0},
         {"model": "mtan", "phase": "train", "ms_median": 200.0},
@@ -81,6 +81,13 @@ def test_speedups_and_reports():
     ]
     bench.add_speedups(rows)
     assert [r["vs_baseline"] for r in rows] == [1.0, 1.5, None, None]
+
+    # repeats: the row of the median repeat, with every repeat's median listed
+    medians = iter([30.0, 10.0, 20.0])
+    with monkeypatch.context() as m:
+        m.setattr(bench, "measure", lambda s: {"model": s.label, "phase": s.phase, "ms_median": next(medians)})
+        (row,) = bench.run_benchmark([bench.BenchSpec("split", "infer", **TINY)], isolate=False, repeat=3)
+    assert row["ms_median"] == 20.0 and row["runs_ms"] == [30.0, 10.0, 20.0]
 
     row = bench.measure(bench.BenchSpec("split", "infer", **TINY))
     env = bench.environment()

@@ -300,14 +300,26 @@ def plan(models: list[str], phases: tuple[str, ...] = PHASES, baseline: bool = F
     return specs
 
 
-def run_benchmark(specs: list[BenchSpec], isolate: bool = True,
+def run_benchmark(specs: list[BenchSpec], isolate: bool = True, repeat: int = 1,
                   progress: Callable[[str], None] | None = None) -> list[dict]:
-    """Measure every spec (each in a fresh process when ``isolate``); rows in the same order."""
+    """Measure every spec (each in a fresh process when ``isolate``); rows in the same order.
+
+    ``repeat`` > 1 measures the whole list that many times, interleaved (all specs, then all
+    again, ...), so that a change in the machine's load hits every spec alike; each row is then
+    the repeat with the median ms/step, and ``runs_ms`` lists the medians of all repeats.
+    """
+    runs: list[list[dict]] = [[] for _ in specs]
+    for r in range(repeat):
+        for i, spec in enumerate(specs):
+            if progress:
+                progress(f"bench: {spec.label} {spec.phase} ({r + 1}/{repeat}) ...")
+            runs[i].append(_measure_isolated(spec) if isolate else measure(spec))
     rows = []
-    for spec in specs:
-        if progress:
-            progress(f"bench: {spec.label} {spec.phase} ...")
-        rows.append(_measure_isolated(spec) if isolate else measure(spec))
+    for measured in runs:
+        ordered = sorted(measured, key=lambda row: row["ms_median"])
+        row = dict(ordered[(len(ordered) - 1) // 2])  # the median repeat (the lower one of two)
+        row["runs_ms"] = [round(m["ms_median"], 1) for m in measured]
+        rows.append(row)
     add_speedups(rows)
     return rows
 
@@ -327,7 +339,7 @@ CSV_COLUMNS = (
     "device", "threads", "steps", "warmup", "ms_median", "ms_p10", "ms_p90", "ms_min", "cpu_ms_median",
     "first_step_s",
     "images_per_s", "vs_baseline", "peak_mem_mb", "rss_before_mb", "memory", "params",
-    "gflops_per_image", "step_gflop", "achieved_gflops",
+    "gflops_per_image", "step_gflop", "achieved_gflops", "runs_ms",
 )
 
 
@@ -336,7 +348,8 @@ def to_csv(rows: list[dict]) -> str:
     writer = csv.DictWriter(buf, fieldnames=CSV_COLUMNS, extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
     for r in rows:
-        writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()})
+        writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else
+                             " ".join(map(str, v)) if isinstance(v, list) else v) for k, v in r.items()})
     return buf.getvalue()
 
 
@@ -360,7 +373,8 @@ def to_markdown(rows: list[dict], env: dict, command: str | None = None) -> str:
     lines += [
         f"- device: {device} ({env['cpu_count']} CPU cores visible); threads: {', '.join(map(str, threads))}",
         f"- torch {env['torch']}, python {env['python']}, densemtl {env['densemtl']}; {env['date']}",
-        f"- load average when started: {', '.join(map(str, env['load_average']))}",
+        f"- load average (1, 5, 15 min) when started: {', '.join(map(str, env['load_average']))}"
+        + (f"; when done: {', '.join(map(str, env['load_average_end']))}" if env.get("load_average_end") else ""),
         "",
         "| model | phase | options | batch | size | width | ms/step median [p10, p90] | CPU ms/step | "
         "images/s | x baseline | peak memory (MB) | params | GFLOPs/image | GFLOP/step | GFLOP/s |",
@@ -376,6 +390,11 @@ def to_markdown(rows: list[dict], env: dict, command: str | None = None) -> str:
             f"{r['achieved_gflops']:.1f} |"
         )
     kinds = sorted({r["memory"] for r in rows})
+    repeated = [r for r in rows if len(r.get("runs_ms", [])) > 1]
+    if repeated:
+        lines += ["", f"Each row is the median of {len(repeated[0]['runs_ms'])} interleaved repeats; "
+                  "their ms/step medians in order:", ""]
+        lines += [f"- {r['model']} {r['phase']}: {', '.join(f'{v:.1f}' for v in r['runs_ms'])}" for r in repeated]
     lines += [
         "",
         f"Memory: {', '.join(kinds)} during the phase (CPU: whole process, libraries included). "

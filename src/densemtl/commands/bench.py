@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 from ..errors import UserError
@@ -43,6 +44,8 @@ def add_parser(sub) -> None:
     p.add_argument("--model-opt", action="append", default=[], metavar="KEY=VALUE", help="model option (repeatable)")
     p.add_argument("--steps", type=int, default=10, metavar="N", help="timed steps (default 10)")
     p.add_argument("--warmup", type=int, default=3, metavar="N", help="untimed steps first (default 3)")
+    p.add_argument("--repeat", type=int, default=1, metavar="R",
+                   help="measure everything R times, interleaved; report the median repeat (default 1)")
     p.add_argument("--in-process", action="store_true",
                    help="measure in this process (faster start; memory peaks less isolated)")
     p.add_argument("--json", action="store_true", help="print the results as JSON instead of a table")
@@ -78,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
             raise UserError(f"--phases: expected train and/or infer, got {phase!r}")
     device_of(args.device)
     make_tasks(_names(args.tasks, "--tasks"), num_classes=args.num_classes)  # unknown tasks fail here
-    for flag in ("batch_size", "width", "num_classes", "steps", "threads"):
+    for flag in ("batch_size", "width", "num_classes", "steps", "threads", "repeat"):
         _positive(getattr(args, flag), "--" + flag.replace("_", "-"))
     _positive(args.warmup, "--warmup", allow_zero=True)
     specs = bench.plan(
@@ -90,8 +93,9 @@ def run(args: argparse.Namespace) -> int:
     for spec in specs:
         check_input_size(spec.model, *size)
     env = bench.environment()
-    rows = bench.run_benchmark(specs, isolate=not args.in_process,
+    rows = bench.run_benchmark(specs, isolate=not args.in_process, repeat=args.repeat,
                                progress=lambda msg: print(msg, file=sys.stderr, flush=True))
+    env["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
     command = bench.command_line()
     if args.out:
         for path in bench.write_results(rows, env, args.out, command):
