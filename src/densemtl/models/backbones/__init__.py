@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Protocol, runtime_checkable
 
 import torch
+import torch.nn as nn
 
 
 @runtime_checkable
@@ -20,3 +21,13 @@ class MultiScaleBackbone(Protocol):
     strides: list[int]  # input size / feature size of each returned scale
 
     def __call__(self, images: torch.Tensor) -> list[torch.Tensor]: ...
+
+
+def init_kaiming_(module: nn.Module) -> None:
+    """torchvision / HRNet initialisation: Kaiming-normal conv weights (fan out), BN weight 1 / bias 0."""
+    for m in module.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)

@@ -23,6 +23,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ...errors import UserError
+from . import init_kaiming_
 from ..registry import scaled
 
 BRANCH_CHANNELS = (18, 36, 72, 144)
@@ -175,15 +176,7 @@ class HRNet(nn.Module):
             setattr(self, f"transition{s - 1}", _transition(previous, current))
             setattr(self, f"stage{s}", nn.Sequential(*(HighResolutionModule(current) for _ in range(modules))))
             previous = current
-        self._init_weights()
-
-    def _init_weights(self) -> None:
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        init_kaiming_(self)
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         x = F.relu(self.bn1(self.conv1(x)))

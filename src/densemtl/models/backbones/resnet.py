@@ -17,6 +17,7 @@ import torch
 import torch.nn as nn
 
 from ...errors import UserError
+from . import init_kaiming_
 from ..registry import scaled
 
 LAYERS = (3, 4, 6, 3)  # bottlenecks per stage in ResNet-50
@@ -81,12 +82,7 @@ class DilatedResNet50(nn.Module):
             setattr(self, f"layer{i + 1}", nn.Sequential(*layer))
             self.out_channels.append(out)
             in_channels = out
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        init_kaiming_(self)
 
     @property
     def layers(self) -> list[nn.Sequential]:
