@@ -92,6 +92,35 @@ def test_channels_last_gives_the_same_outputs_and_keeps_state_dict_keys():
         torch.testing.assert_close(out_fast[key], out_plain[key], rtol=1e-4, atol=1e-5)
 
 
+def test_channels_last_keeps_the_largest_cpu_convolutions_in_nchw():
+    """At width 1 the 512 -> 512 3x3 convolutions stay NCHW (weights and inputs), every other
+    convolution goes NHWC; outputs and gradients equal the all-NCHW model's; preparing twice
+    adds no second hook."""
+    torch.manual_seed(0)
+    plain = create_model("split", task_channels(TASKS), width=1.0).double()
+    fast = create_model("split", task_channels(TASKS), width=1.0).double()
+    fast.load_state_dict(plain.state_dict())
+    speed.prepare_model(fast, channels_last=True)
+    speed.prepare_model(fast, channels_last=True)
+    convs = [m for m in fast.modules() if isinstance(m, nn.Conv2d)]
+    big = [m for m in convs if m.weight.shape[:2] == (512, 512) and m.kernel_size == (3, 3)]
+    assert len(big) >= 5  # VGG-16's encoder alone has five (two at level 3, three at level 4)
+    for m in convs:
+        if m in big:
+            assert m.weight.is_contiguous() and len(m._forward_pre_hooks) == 1
+        elif m.kernel_size != (1, 1):
+            assert m.weight.is_contiguous(memory_format=torch.channels_last) and not m.weight.is_contiguous()
+    x = torch.rand(1, 3, 32, 32, dtype=torch.float64)
+    out_plain, out_fast = plain(x), fast(speed.prepare_images(x, True))
+    sum(o.sum() for o in out_plain.values()).backward()
+    sum(o.sum() for o in out_fast.values()).backward()
+    for key in out_plain:
+        torch.testing.assert_close(out_fast[key], out_plain[key])
+    grads = dict(plain.named_parameters())
+    for name, p in fast.named_parameters():
+        torch.testing.assert_close(p.grad, grads[name].grad, msg=name)
+
+
 @pytest.mark.parametrize("name", list_models())
 def test_every_model_trains_a_step_in_channels_last(name):
     """channels_last is the default training layout: no model may depend on NCHW strides."""

@@ -96,6 +96,8 @@ def test_speedups_and_reports(monkeypatch):
     assert parsed[0]["model"] == "split" and float(parsed[0]["ms_median"]) == pytest.approx(row["ms_median"], rel=1e-5)
     md = bench.to_markdown([row], env, "densemtl bench --models split")
     assert "| split | infer | fp32 channels_last |" in md and env["cpu"] in md
+    env["omp_wait_policy"] = "PASSIVE"
+    assert "OMP_WAIT_POLICY: PASSIVE" in bench.to_markdown([row], env)
     assert row["cpu_ms_median"] > 0
 
 

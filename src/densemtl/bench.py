@@ -92,6 +92,9 @@ def environment() -> dict:
         "densemtl": __version__,
         "default_threads": torch.get_num_threads(),
         "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+        # how idle OpenMP threads wait: PASSIVE (sleep at once) makes every small parallel op pay
+        # a wake-up, several times slower on a quiet CPU; unset is the spinning default
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
         "load_average": [round(x, 2) for x in os.getloadavg()],
         "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
     }
@@ -373,6 +376,7 @@ def to_markdown(rows: list[dict], env: dict, command: str | None = None) -> str:
     lines += [
         f"- device: {device} ({env['cpu_count']} CPU cores visible); threads: {', '.join(map(str, threads))}",
         f"- torch {env['torch']}, python {env['python']}, densemtl {env['densemtl']}; {env['date']}",
+        f"- OMP_WAIT_POLICY: {env.get('omp_wait_policy') or 'unset (default)'}",
         f"- load average (1, 5, 15 min) when started: {', '.join(map(str, env['load_average']))}"
         + (f"; when done: {', '.join(map(str, env['load_average_end']))}" if env.get("load_average_end") else ""),
         "",

@@ -168,5 +168,6 @@ def model_from_checkpoint(ckpt: dict, device: torch.device | str = "cpu", expect
     load_model_state(model, ckpt)
     from .speed import prepare_model
 
+    model = model.to(device).eval()
     prepare_model(model, channels_last=cfg.channels_last)  # the memory format it was evaluated in
-    return cfg, tasks, model.to(device).eval()
+    return cfg, tasks, model
