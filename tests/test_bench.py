@@ -124,3 +124,44 @@ def test_cli_writes_markdown_csv_and_json(tmp_path, capsys):
 def test_cli_errors_name_the_option(argv, message, capsys):
     assert main(["bench", "--in-process", *argv]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_paired_ratios_alternate_the_order_and_divide_per_round(monkeypatch):
+    """Fake steps on a fake clock: the baseline takes 30 ms, mtan 10 ms then 20 ms; each round
+    times both, baseline first in even rounds and last in odd ones."""
+    clock, calls = [0.0], []
+    durations = {"mtan (baseline)": iter([0.03] * 5), "mtan": iter([0.01, 0.02, 0.01, 0.02, 0.01])}
+
+    def fake_prepare(spec):
+        def run():
+            calls.append(spec.label)
+            clock[0] += next(durations[spec.label])
+        return bench._Step(run, lambda: None, None, {}, torch.device("cpu"), "none", False, False, 0, 0.0, 0.0)
+
+    monkeypatch.setattr(bench, "_prepare", fake_prepare)
+    monkeypatch.setattr(bench.time, "perf_counter", lambda: clock[0])
+    specs = [bench.BenchSpec("mtan", "train", baseline=True, warmup=1), bench.BenchSpec("mtan", "train", warmup=1)]
+    ratios = bench.paired_ratios(specs, rounds=4)
+    assert calls == ["mtan (baseline)", "mtan"] + ["mtan (baseline)", "mtan", "mtan", "mtan (baseline)"] * 2
+    assert ratios[("mtan", "train")] == pytest.approx([1.5, 3.0, 1.5, 3.0])
+
+    rows = [{"model": "mtan", "phase": "train"}, {"model": "mtan (baseline)", "phase": "train"}]
+    bench.add_paired(rows, ratios)
+    assert rows[0]["paired_ratio"] == pytest.approx(2.25) and rows[0]["paired_rounds"] == 4
+    assert "paired_ratio" not in rows[1]
+
+
+def test_paired_measures_real_steps_and_reports_them():
+    specs = bench.plan(["mtan"], ("infer",), baseline=True, **TINY)
+    rows = bench.run_benchmark(specs, isolate=False, paired=3)
+    row = next(r for r in rows if r["model"] == "mtan")
+    assert row["paired_rounds"] == 3 and row["paired_p25"] <= row["paired_ratio"] <= row["paired_p75"]
+    md = bench.to_markdown(rows, bench.environment())
+    assert f"- mtan infer: **{row['paired_ratio']:.2f}**" in md
+    parsed = next(csv.DictReader(io.StringIO(bench.to_csv(rows))))  # the baseline row: no ratio
+    assert "paired_ratio" in parsed and parsed["paired_ratio"] == ""
+
+
+def test_cli_paired_needs_the_baseline(capsys):
+    assert main(["bench", "--in-process", "--paired", "3"]) == 2
+    assert "--paired" in capsys.readouterr().err

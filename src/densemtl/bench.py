@@ -195,8 +195,25 @@ def _train_flops(model: nn.Module, tasks: dict[str, Task], images: torch.Tensor,
     return float(counter.get_total_flops())
 
 
-def measure(spec: BenchSpec) -> dict:
-    """Run one measurement in this process; returns one result row (a flat dict)."""
+@dataclass
+class _Step:
+    """A measurement's prepared state: ``run()`` performs one step of the phase."""
+
+    run: Callable[[], None]
+    sync: Callable[[], None]
+    model: nn.Module
+    tasks: dict[str, Task]
+    device: torch.device
+    amp: str
+    channels_last: bool
+    compile: bool
+    params: int
+    gflops: float
+    step_flops: float
+
+
+def _prepare(spec: BenchSpec) -> _Step:
+    """Build the model, batch, optimiser and step function of one measurement."""
     from .engine.trainer import compute_losses
 
     if spec.phase not in PHASES:
@@ -250,6 +267,16 @@ def measure(spec: BenchSpec) -> dict:
             with torch.no_grad(), speed.autocast(device, amp):
                 model(images)
 
+    return _Step(run, sync, model, tasks, device, amp, channels_last, compile_, params, gflops, step_flops)
+
+
+def measure(spec: BenchSpec) -> dict:
+    """Run one measurement in this process; returns one result row (a flat dict)."""
+    step = _prepare(spec)
+    run, sync, model, tasks, device = step.run, step.sync, step.model, step.tasks, step.device
+    amp, channels_last, compile_ = step.amp, step.channels_last, step.compile
+    params, gflops, step_flops = step.params, step.gflops, step.step_flops
+
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     rss_before = _status_kb("VmRSS")
@@ -290,6 +317,55 @@ def _measure_isolated(spec: BenchSpec) -> dict:
         return pool.submit(measure, spec).result()
 
 
+def paired_ratios(specs: list[BenchSpec], rounds: int) -> dict[tuple[str, str], list[float]]:
+    """Per round, the baseline's step time over each model's, from steps taken in alternation
+    in this process: ``{(label, phase): ratios}`` for the non-baseline specs of every phase that
+    has a baseline spec.
+
+    All measurements of a phase are prepared and warmed up side by side; then each round times
+    one step of every one of them, in the opposite order every other round. A change in the
+    machine's speed (other tenants of a shared host, frequency scaling) then hits the baseline
+    and the model within the same second, which interleaving whole measurements cannot do.
+    """
+    ratios: dict[tuple[str, str], list[float]] = {}
+    for phase in PHASES:
+        base = [s for s in specs if s.phase == phase and s.baseline]
+        others = [s for s in specs if s.phase == phase and not s.baseline]
+        if not base or not others:
+            continue
+        steps = [_prepare(spec) for spec in base[:1] + others]
+        for step, spec in zip(steps, base[:1] + others):
+            for _ in range(max(spec.warmup, 1)):
+                step.run()
+            step.sync()
+        times: list[list[float]] = [[] for _ in steps]
+        for r in range(rounds):
+            order = range(len(steps)) if r % 2 == 0 else reversed(range(len(steps)))
+            for i in order:
+                start = time.perf_counter()
+                steps[i].run()
+                steps[i].sync()
+                times[i].append(time.perf_counter() - start)
+        for spec, own in zip(others, times[1:]):
+            ratios[(spec.label, phase)] = [b / t for b, t in zip(times[0], own)]
+    return ratios
+
+
+def _paired_isolated(specs: list[BenchSpec], rounds: int) -> dict[tuple[str, str], list[float]]:
+    with ProcessPoolExecutor(max_workers=1, mp_context=get_context("spawn"), max_tasks_per_child=1) as pool:
+        return pool.submit(paired_ratios, specs, rounds).result()
+
+
+def add_paired(rows: list[dict], ratios: dict[tuple[str, str], list[float]]) -> None:
+    """``paired_ratio`` (median) and ``paired_p25`` / ``paired_p75`` of the per-round ratios."""
+    for r in rows:
+        values = sorted(ratios.get((r["model"], r["phase"]), []))
+        if values:
+            r["paired_ratio"] = statistics.median(values)
+            r["paired_p25"], r["paired_p75"] = _percentile(values, 0.25), _percentile(values, 0.75)
+            r["paired_rounds"] = len(values)
+
+
 def plan(models: list[str], phases: tuple[str, ...] = PHASES, baseline: bool = False, **common) -> list[BenchSpec]:
     """The measurements of a ``densemtl bench`` call, baseline first. Unknown models fail early."""
     for name in models:
@@ -304,12 +380,13 @@ def plan(models: list[str], phases: tuple[str, ...] = PHASES, baseline: bool = F
 
 
 def run_benchmark(specs: list[BenchSpec], isolate: bool = True, repeat: int = 1,
-                  progress: Callable[[str], None] | None = None) -> list[dict]:
+                  progress: Callable[[str], None] | None = None, paired: int = 0) -> list[dict]:
     """Measure every spec (each in a fresh process when ``isolate``); rows in the same order.
 
     ``repeat`` > 1 measures the whole list that many times, interleaved (all specs, then all
     again, ...), so that a change in the machine's load hits every spec alike; each row is then
     the repeat with the median ms/step, and ``runs_ms`` lists the medians of all repeats.
+    ``paired`` > 0 adds :func:`paired_ratios` over that many rounds (one fresh process for all).
     """
     runs: list[list[dict]] = [[] for _ in specs]
     for r in range(repeat):
@@ -324,6 +401,10 @@ def run_benchmark(specs: list[BenchSpec], isolate: bool = True, repeat: int = 1,
         row["runs_ms"] = [round(m["ms_median"], 1) for m in measured]
         rows.append(row)
     add_speedups(rows)
+    if paired:
+        if progress:
+            progress(f"bench: paired steps, {paired} rounds ...")
+        add_paired(rows, _paired_isolated(specs, paired) if isolate else paired_ratios(specs, paired))
     return rows
 
 
@@ -341,7 +422,7 @@ CSV_COLUMNS = (
     "model", "phase", "batch", "size", "width", "tasks", "amp", "channels_last", "compile", "fused",
     "device", "threads", "steps", "warmup", "ms_median", "ms_p10", "ms_p90", "ms_min", "cpu_ms_median",
     "first_step_s",
-    "images_per_s", "vs_baseline", "peak_mem_mb", "rss_before_mb", "memory", "params",
+    "images_per_s", "vs_baseline", "paired_ratio", "paired_p25", "paired_p75", "paired_rounds", "peak_mem_mb", "rss_before_mb", "memory", "params",
     "gflops_per_image", "step_gflop", "achieved_gflops", "runs_ms",
 )
 
@@ -399,6 +480,13 @@ def to_markdown(rows: list[dict], env: dict, command: str | None = None) -> str:
         lines += ["", f"Each row is the median of {len(repeated[0]['runs_ms'])} interleaved repeats; "
                   "their ms/step medians in order:", ""]
         lines += [f"- {r['model']} {r['phase']}: {', '.join(f'{v:.1f}' for v in r['runs_ms'])}" for r in repeated]
+    paired = [r for r in rows if r.get("paired_ratio")]
+    if paired:
+        lines += ["", f"Paired: baseline and model steps taken in alternation in one process, "
+                  f"{paired[0]['paired_rounds']} rounds (order reversed every other round); x baseline "
+                  "per round, median [p25, p75]:", ""]
+        lines += [f"- {r['model']} {r['phase']}: **{r['paired_ratio']:.2f}** "
+                  f"[{r['paired_p25']:.2f}, {r['paired_p75']:.2f}]" for r in paired]
     lines += [
         "",
         f"Memory: {', '.join(kinds)} during the phase (CPU: whole process, libraries included). "

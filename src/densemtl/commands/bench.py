@@ -11,6 +11,7 @@ from ..errors import UserError
 
 EPILOG = """examples:
   densemtl bench --models mtan --baseline                       # CPU: width 1, 64x64, batch 2
+  densemtl bench --models mtan --baseline --paired 20           # + speedup from alternating steps
   densemtl bench --models mtan,split --threads 2 --out benchmarks/speed_cpu
   densemtl bench --models mtan --device cuda --size 288x384 --amp bf16 --compile --json
 """
@@ -46,6 +47,9 @@ def add_parser(sub) -> None:
     p.add_argument("--warmup", type=int, default=3, metavar="N", help="untimed steps first (default 3)")
     p.add_argument("--repeat", type=int, default=1, metavar="R",
                    help="measure everything R times, interleaved; report the median repeat (default 1)")
+    p.add_argument("--paired", type=int, default=0, metavar="R",
+                   help="with --baseline: also time baseline and model steps in alternation in one "
+                        "process, R rounds, and report the per-round speedup (default 0: off)")
     p.add_argument("--in-process", action="store_true",
                    help="measure in this process (faster start; memory peaks less isolated)")
     p.add_argument("--json", action="store_true", help="print the results as JSON instead of a table")
@@ -84,6 +88,9 @@ def run(args: argparse.Namespace) -> int:
     for flag in ("batch_size", "width", "num_classes", "steps", "threads", "repeat"):
         _positive(getattr(args, flag), "--" + flag.replace("_", "-"))
     _positive(args.warmup, "--warmup", allow_zero=True)
+    _positive(args.paired, "--paired", allow_zero=True)
+    if args.paired and not args.baseline:
+        raise UserError("--paired: compares against the baseline; add --baseline")
     specs = bench.plan(
         models, phases, baseline=args.baseline, size=size, batch_size=args.batch_size, width=args.width,
         tasks=tuple(_names(args.tasks, "--tasks")), num_classes=args.num_classes, amp=args.amp,
@@ -93,7 +100,7 @@ def run(args: argparse.Namespace) -> int:
     for spec in specs:
         check_input_size(spec.model, *size)
     env = bench.environment()
-    rows = bench.run_benchmark(specs, isolate=not args.in_process, repeat=args.repeat,
+    rows = bench.run_benchmark(specs, isolate=not args.in_process, repeat=args.repeat, paired=args.paired,
                                progress=lambda msg: print(msg, file=sys.stderr, flush=True))
     env["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
     command = bench.command_line()
