@@ -94,7 +94,7 @@ def test_missing_checkpoint_is_refused(scenes, tmp_path, capsys):
     missing, run = tmp_path / "nope.pt", tmp_path / "ati"
     assert train(scenes, "--model", "atinet", "--init-from", str(missing), "--out", str(run)) == 2
     err = capsys.readouterr().err
-    assert f"checkpoint {missing} does not exist" in err and "Traceback" not in err
+    assert f"--init-from (init_from): checkpoint {missing} does not exist" in err and "Traceback" not in err
     assert not run.exists()
 
 

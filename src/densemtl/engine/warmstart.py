@@ -62,7 +62,10 @@ def init_from_checkpoint(model: nn.Module, ckpt_path: str | Path) -> WarmStartRe
     family = getattr(model, "densemtl_family", None)
     if family is None:
         raise ValueError("init_from_checkpoint needs a model built by densemtl.models.create_model")
-    ckpt = load_checkpoint(ckpt_path)
+    try:
+        ckpt = load_checkpoint(ckpt_path)
+    except UserError as e:  # missing or unreadable: say which option pointed there
+        raise UserError(f"--init-from (init_from): {e}") from None
     source = ckpt.get("path", str(ckpt_path))
     if ckpt.get("model_family") != family:
         raise UserError(
