@@ -61,6 +61,22 @@ def test_preset_sits_under_yaml_and_flags(tmp_path, monkeypatch):
     assert (cfg.preset, cfg.optim.lr, cfg.epochs, cfg.batch_size) == ("recipe", 1e-4, 10, 6)
 
 
+def test_another_method_name_drops_the_presets_options():
+    """--preset atinet (DWA, T=2) --weighting equal: the DWA option must not reach 'equal';
+    keeping the method keeps its options, and options given with the new name stay."""
+    cfg = C.config_from_args(parse_flags("--preset", "atinet", "--weighting", "equal"))
+    assert (cfg.weighting.name, cfg.weighting.options) == ("equal", {})
+    cfg = C.config_from_args(parse_flags("--preset", "atinet", "--weighting-opt", "T=3"))
+    assert (cfg.weighting.name, cfg.weighting.options) == ("dwa", {"T": 3})
+    cfg = C.config_from_args(parse_flags("--preset", "sca_mtl", "--model", "mtinet", "--model-opt", "x=1"))
+    assert cfg.model.options == {"x": 1}
+    cfg = C.config_from_args(parse_flags("--preset", "sca_mtl", "--weighting", "fixed",
+                                         "--weighting-opt", "weights={semantic: 2}"))
+    assert cfg.weighting.options == {"weights": {"semantic": 2}}  # an option's value is replaced whole
+    cfg = C.config_from_args(parse_flags("--preset", "sca_mtl"))
+    assert cfg.weighting.options == {"weights": {"semantic": 1.44, "depth": 1.15}}  # official configs
+
+
 def test_round_trip_through_yaml(tmp_path):
     cfg = C.config_from_dict({"data": {"size": "64x96", "tasks": ["depth"], "root": "/x"},
                               "model": {"options": {"a": [1, 2]}}, "optim": {"lr": 0.5}, "seed": 7})

@@ -109,7 +109,7 @@ def test_uncertainty_state_dict_round_trip():
 
 
 def test_bad_names_options_and_inputs():
-    with pytest.raises(UserError, match="unknown weighting 'gradnorm'.*dwa, equal, uncertainty"):
+    with pytest.raises(UserError, match="unknown weighting 'gradnorm'.*dwa, equal, fixed, uncertainty"):
         make_weighting("gradnorm", TASKS)
     with pytest.raises(UserError, match=r"unknown option\(s\) \['temp'\].*valid options: T"):
         make_weighting("dwa", TASKS, temp=2)
@@ -141,3 +141,29 @@ def test_new_method_is_one_decorated_class():
             W.register_weighting("_test_half")(Half)
     finally:
         W._REGISTRY.pop("_test_half")
+
+
+def test_fixed_weights_named_tasks_and_keeps_one_for_the_rest():
+    w = make_weighting("fixed", TASKS, weights={"semantic": 1.44, "depth": 1.15})
+    ls = losses(2.0, 1.0, 0.5, requires_grad=True)
+    total = w.combine(ls)
+    assert total.item() == pytest.approx(1.44 * 2.0 + 1.15 * 1.0 + 0.5)
+    total.backward()
+    assert ls["semantic"].grad.item() == pytest.approx(1.44) and ls["normal"].grad.item() == 1.0
+    assert w.weights() == pytest.approx({"semantic": 1.44, "depth": 1.15, "normal": 1.0})
+    assert list(w.parameters()) == []  # nothing to learn
+    w.epoch_end({"semantic": 1.0, "depth": 1.0, "normal": 1.0})
+    assert w.weights()["semantic"] == pytest.approx(1.44)  # constant across epochs
+
+
+@pytest.mark.parametrize("weights, message", [
+    ({"semantic": 1.0, "edges": 2.0}, "['edges'] not among the trained tasks"),
+    ({"depth": -1.0}, "weight of 'depth' must be a finite number >= 0"),
+    ({"depth": "big"}, "weight of 'depth'"),
+    ({"depth": float("inf")}, "weight of 'depth'"),
+    ("semantic=2", "expected a mapping of task to weight"),
+])
+def test_fixed_rejects_bad_weights_naming_the_option(weights, message):
+    with pytest.raises(UserError, match="weighting option weights") as e:
+        make_weighting("fixed", TASKS, weights=weights)
+    assert message in str(e.value)

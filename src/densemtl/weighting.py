@@ -116,6 +116,35 @@ class Equal(Weighting):
         return torch.ones(len(self.task_names))
 
 
+@register_weighting("fixed")
+class Fixed(Weighting):
+    """L = sum_k w_k L_k with constant weights: ``weights={task: w_k}``; a task it does not name
+    keeps weight 1. SCA-MTL's official NYUD configs use ``{semantic: 1.44, depth: 1.15}``."""
+
+    def __init__(self, task_names: Sequence[str], weights: Mapping[str, float] | None = None) -> None:
+        super().__init__(task_names)
+        given = {} if weights is None else weights
+        if not isinstance(given, Mapping):
+            raise UserError(f"weighting option weights: expected a mapping of task to weight, e.g. "
+                            f"{{semantic: 1.44, depth: 1.15}}, got {weights!r}")
+        unknown = sorted(set(given) - set(self.task_names))
+        if unknown:
+            raise UserError(f"weighting option weights: {unknown} not among the trained tasks "
+                            f"{list(self.task_names)}")
+        for task, w in given.items():
+            if isinstance(w, bool) or not isinstance(w, (int, float)) or not 0 <= w < float("inf"):
+                raise UserError(f"weighting option weights: the weight of {task!r} must be a finite "
+                                f"number >= 0, got {w!r}")
+        values = [float(given.get(t, 1.0)) for t in self.task_names]
+        self.register_buffer("lambdas", torch.tensor(values, dtype=torch.float64))
+
+    def _combine(self, losses: torch.Tensor) -> torch.Tensor:
+        return (self.lambdas.to(losses.dtype) * losses).sum()
+
+    def _weights(self) -> torch.Tensor:
+        return self.lambdas
+
+
 @register_weighting("uncertainty")
 class Uncertainty(Weighting):
     """Homoscedastic uncertainty (Kendall et al. 2018), in MTAN's form:

@@ -264,10 +264,16 @@ def to_dict(cfg: TrainConfig) -> dict:
 
 
 def merge(base: dict, override: dict) -> dict:
-    """Recursive dict merge; mappings merge key by key except option dicts, which merge too."""
+    """Recursive dict merge, key by key. An ``options`` dict merges option by option, each
+    option's value replaced whole; a section whose ``name`` the override changes (another model
+    or weighting) drops the options of the old name."""
     out = copy.deepcopy(base)
+    if "name" in override and override["name"] != out.get("name") and isinstance(out.get("options"), dict):
+        out["options"] = {}
     for key, value in override.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
+        if key == "options" and isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = {**out[key], **copy.deepcopy(value)}
+        elif isinstance(value, dict) and isinstance(out.get(key), dict):
             out[key] = merge(out[key], value)
         else:
             out[key] = copy.deepcopy(value)
@@ -351,9 +357,10 @@ _FLAGS: tuple[tuple[str, str, dict], ...] = (
     ("--width", "model.width", dict(metavar="W", help="channel multiplier (1.0 = paper size)")),
     ("--model-opt", "model.options", dict(metavar="KEY=VALUE", action="append",
                                           help="model option (repeatable; see `densemtl models --json`)")),
-    ("--weighting", "weighting.name", dict(metavar="NAME", help="loss weighting: equal, uncertainty, dwa")),
+    ("--weighting", "weighting.name", dict(metavar="NAME", help="loss weighting: equal, fixed, uncertainty, dwa")),
     ("--weighting-opt", "weighting.options", dict(metavar="KEY=VALUE", action="append",
-                                                  help="weighting option, e.g. T=2 for dwa (repeatable)")),
+                                                  help="weighting option, e.g. T=2 for dwa or "
+                                                       "'weights={semantic: 1.44, depth: 1.15}' for fixed (repeatable)")),
     ("--optimizer", "optim.name", dict(metavar="NAME", help="adam or sgd")),
     ("--lr", "optim.lr", dict(metavar="LR", help="learning rate")),
     ("--weight-decay", "optim.weight_decay", dict(metavar="WD", help="weight decay")),
