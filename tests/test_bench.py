@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import gc
 import io
 import json
 
@@ -25,11 +26,16 @@ def test_percentile_matches_numpy():
 
 
 def test_rss_peak_reset_sees_a_new_allocation():
-    assert bench._reset_rss_peak()
-    before = bench._status_kb("VmHWM")
-    block = np.ones(200 * 2**20 // 8)  # 200 MiB, touched
-    after = bench._status_kb("VmHWM")
-    del block
+    gc.collect()  # garbage of earlier tests, freed during the allocation below, would offset it
+    gc.disable()
+    try:
+        assert bench._reset_rss_peak()
+        before = bench._status_kb("VmHWM")
+        block = np.ones(200 * 2**20 // 8)  # 200 MiB, touched
+        after = bench._status_kb("VmHWM")
+        del block
+    finally:
+        gc.enable()
     assert after - before >= 190 * 1024
     assert bench._reset_rss_peak()
     assert bench._status_kb("VmHWM") < after - 150 * 1024  # the reset forgot the old peak
