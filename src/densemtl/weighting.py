@@ -116,8 +116,21 @@ class Equal(Weighting):
         return torch.ones(len(self.task_names))
 
 
+class LambdaWeighting(Weighting):
+    """L = sum_k lambda_k L_k with the weights held in the float64 buffer ``lambdas`` (task
+    order), which subclasses register and may update between epochs."""
+
+    lambdas: torch.Tensor
+
+    def _combine(self, losses: torch.Tensor) -> torch.Tensor:
+        return (self.lambdas.to(losses.dtype) * losses).sum()
+
+    def _weights(self) -> torch.Tensor:
+        return self.lambdas
+
+
 @register_weighting("fixed")
-class Fixed(Weighting):
+class Fixed(LambdaWeighting):
     """L = sum_k w_k L_k with constant weights: ``weights={task: w_k}``; a task it does not name
     keeps weight 1. SCA-MTL's official NYUD configs use ``{semantic: 1.44, depth: 1.15}``."""
 
@@ -137,12 +150,6 @@ class Fixed(Weighting):
                                 f"number >= 0, got {w!r}")
         values = [float(given.get(t, 1.0)) for t in self.task_names]
         self.register_buffer("lambdas", torch.tensor(values, dtype=torch.float64))
-
-    def _combine(self, losses: torch.Tensor) -> torch.Tensor:
-        return (self.lambdas.to(losses.dtype) * losses).sum()
-
-    def _weights(self) -> torch.Tensor:
-        return self.lambdas
 
 
 @register_weighting("uncertainty")
@@ -164,7 +171,7 @@ class Uncertainty(Weighting):
 
 
 @register_weighting("dwa")
-class DWA(Weighting):
+class DWA(LambdaWeighting):
     """Dynamic Weight Average (MTAN, Liu et al. 2019).
 
     lambda_k = 1 in the first two epochs; afterwards w_k = Lbar_k(t-1) / Lbar_k(t-2) from the
@@ -182,12 +189,6 @@ class DWA(Weighting):
         self.register_buffer("lambdas", torch.ones(k, dtype=torch.float64))
         self.register_buffer("history", torch.zeros(2, k, dtype=torch.float64))  # [t-2, t-1]
         self.register_buffer("epochs_seen", torch.zeros((), dtype=torch.int64))
-
-    def _combine(self, losses: torch.Tensor) -> torch.Tensor:
-        return (self.lambdas.to(losses.dtype) * losses).sum()
-
-    def _weights(self) -> torch.Tensor:
-        return self.lambdas
 
     def epoch_end(self, mean_unweighted_losses: Mapping[str, float]) -> None:
         values = [float(v) for v in self._ordered("epoch_end", mean_unweighted_losses)]

@@ -64,16 +64,10 @@ def _names(value: str, flag: str) -> list[str]:
     return names
 
 
-def _positive(value, flag: str, allow_zero: bool = False):
-    if value is not None and (value < 0 or (value == 0 and not allow_zero)):
-        raise UserError(f"{flag}: expected a {'non-negative' if allow_zero else 'positive'} number, got {value}")
-    return value
-
-
 def run(args: argparse.Namespace) -> int:
     from .. import bench
     from ..engine.build import device_of
-    from ..engine.config import _parse_options, parse_size
+    from ..engine.config import _parse_options, check_positive, parse_size
     from ..models.registry import check_input_size
     from ..tasks import make_tasks
 
@@ -86,9 +80,9 @@ def run(args: argparse.Namespace) -> int:
     device_of(args.device)
     make_tasks(_names(args.tasks, "--tasks"), num_classes=args.num_classes)  # unknown tasks fail here
     for flag in ("batch_size", "width", "num_classes", "steps", "threads", "repeat"):
-        _positive(getattr(args, flag), "--" + flag.replace("_", "-"))
-    _positive(args.warmup, "--warmup", allow_zero=True)
-    _positive(args.paired, "--paired", allow_zero=True)
+        check_positive("--" + flag.replace("_", "-"), getattr(args, flag))
+    check_positive("--warmup", args.warmup, allow_zero=True)
+    check_positive("--paired", args.paired, allow_zero=True)
     if args.paired and not args.baseline:
         raise UserError("--paired: compares against the baseline; add --baseline")
     specs = bench.plan(

@@ -225,9 +225,14 @@ def _check_choice(key: str, value: str, choices) -> None:
         raise UserError(f"{_name(key)}: expected one of {', '.join(choices)}, got {value!r}{_close(value, choices)}")
 
 
-def _check_positive(key: str, value, allow_zero: bool = False) -> None:
+def check_positive(label: str, value, allow_zero: bool = False) -> None:
+    """UserError naming ``label`` (a key or a flag) unless ``value`` is None or > 0 (>= 0)."""
     if value is not None and (value < 0 or (value == 0 and not allow_zero)):
-        raise UserError(f"{_name(key)}: expected a {'non-negative' if allow_zero else 'positive'} number, got {value!r}")
+        raise UserError(f"{label}: expected a {'non-negative' if allow_zero else 'positive'} number, got {value!r}")
+
+
+def _check_positive(key: str, value, allow_zero: bool = False) -> None:
+    check_positive(_name(key), value, allow_zero)
 
 
 def validate(cfg: TrainConfig) -> TrainConfig:
