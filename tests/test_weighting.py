@@ -140,7 +140,7 @@ def test_new_method_is_one_decorated_class():
         with pytest.raises(ValueError, match="registered twice"):
             W.register_weighting("_test_half")(Half)
     finally:
-        W._REGISTRY.pop("_test_half")
+        W.base._REGISTRY.pop("_test_half")
 
 
 def test_fixed_weights_named_tasks_and_keeps_one_for_the_rest():

@@ -1,108 +1,15 @@
-"""Loss weighting methods behind one small interface (SPEC section 4).
-
-The trainer builds one with :func:`make_weighting` and calls only:
-
-- ``combine(losses)``: ``{task: unweighted scalar loss}`` -> the scalar to back-propagate;
-- ``weights()``: the current weight of every task (for logs);
-- ``epoch_end(mean_unweighted_losses)``: once per epoch, with each task's epoch-average
-  unweighted training loss;
-- ``parameters()`` (join the optimiser) and ``state_dict()`` / ``load_state_dict()``, which
-  carry everything a resumed run needs.
-
-A new method is one class decorated with :func:`register_weighting`; its constructor takes
-``task_names`` plus keyword options, which :func:`make_weighting` checks by name.
-"""
+"""Loss-level methods: weights from the task losses, one ordinary backward (SPEC section 4,
+``ref/optimisation.md`` section 1.1)."""
 
 from __future__ import annotations
 
-import inspect
-from typing import Callable, Mapping, Sequence
+from typing import Mapping, Sequence
 
 import torch
 import torch.nn as nn
 
-from .errors import UserError, unknown_name
-
-_REGISTRY: dict[str, type["Weighting"]] = {}
-
-
-def register_weighting(name: str) -> Callable[[type["Weighting"]], type["Weighting"]]:
-    """Class decorator: make a :class:`Weighting` subclass available under ``name``."""
-
-    def deco(cls: type["Weighting"]) -> type["Weighting"]:
-        if name in _REGISTRY:
-            raise ValueError(f"weighting {name!r} registered twice")
-        cls.name = name
-        _REGISTRY[name] = cls
-        return cls
-
-    return deco
-
-
-def list_weightings() -> list[str]:
-    return sorted(_REGISTRY)
-
-
-def weighting_options(name: str) -> dict[str, object]:
-    """``{option: default}`` of a registered method (for docs, configs and checks)."""
-    if name not in _REGISTRY:
-        raise unknown_name("weighting", name, _REGISTRY)
-    params = list(inspect.signature(_REGISTRY[name].__init__).parameters.values())[2:]
-    return {p.name: p.default for p in params}
-
-
-def make_weighting(name: str, task_names: Sequence[str], **options) -> "Weighting":
-    """Build the weighting method ``name`` for ``task_names`` (in the order losses are logged)."""
-    valid = weighting_options(name)
-    unknown = sorted(set(options) - set(valid))
-    if unknown:
-        listed = ", ".join(valid) or "none"
-        raise UserError(f"unknown option(s) {unknown} for weighting {name!r}; valid options: {listed}")
-    return _REGISTRY[name](task_names, **options)
-
-
-class Weighting(nn.Module):
-    """Base class: turns per-task losses into one scalar. Subclasses define ``_combine``."""
-
-    name = ""
-
-    def __init__(self, task_names: Sequence[str]) -> None:
-        super().__init__()
-        names = tuple(task_names)
-        if not names or len(set(names)) != len(names):
-            raise UserError(f"weighting needs distinct task names, got {list(names)}")
-        self.task_names = names
-
-    def _ordered(self, what: str, values: Mapping[str, object]) -> list:
-        if set(values) != set(self.task_names):
-            raise ValueError(
-                f"{type(self).__name__}.{what}: expected the tasks {list(self.task_names)}, "
-                f"got {sorted(values)}"
-            )
-        return [values[t] for t in self.task_names]
-
-    def combine(self, losses: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        """Weighted total of the per-task (unweighted, scalar) losses."""
-        return self._combine(torch.stack(self._ordered("combine", losses)))
-
-    def _combine(self, losses: torch.Tensor) -> torch.Tensor:
-        """``losses``: 1-D tensor in ``task_names`` order -> scalar."""
-        raise NotImplementedError
-
-    def _weights(self) -> torch.Tensor:
-        """The current weights, 1-D in ``task_names`` order."""
-        raise NotImplementedError
-
-    def weights(self) -> dict[str, float]:
-        """Current weight of each task's loss."""
-        return dict(zip(self.task_names, self._weights().detach().cpu().tolist()))
-
-    def epoch_end(self, mean_unweighted_losses: Mapping[str, float]) -> None:
-        """Called after every training epoch; methods that adapt per epoch override it."""
-        self._ordered("epoch_end", mean_unweighted_losses)
-
-    def extra_repr(self) -> str:
-        return f"tasks={list(self.task_names)}"
+from ..errors import UserError
+from .base import Weighting, register_weighting
 
 
 @register_weighting("equal")
