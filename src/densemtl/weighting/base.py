@@ -179,6 +179,10 @@ class Weighting(nn.Module):
         """Called after every training epoch; methods that adapt per epoch override it."""
         self._ordered("epoch_end", mean_unweighted_losses)
 
+    def begin_step(self, ctx: "StepContext") -> None:
+        """Called by the engine before every training step (random methods draw here from
+        ``ctx.generator``, which is identical on every rank)."""
+
     def after_step(self, new_losses: torch.Tensor) -> None:
         """With ``needs_reforward``: the losses (task order, no grad) of the same batch after the
         optimiser step."""
@@ -234,6 +238,11 @@ class GradientWeighting(Weighting):
 
     def combine(self, losses: Mapping[str, torch.Tensor]) -> torch.Tensor:
         raise TypeError(f"{type(self).__name__} is a gradient-level method: the engine calls aggregate()")
+
+    def transform_losses(self, losses: torch.Tensor) -> torch.Tensor:
+        """The losses (1-D, task order, float32, with their graphs) whose gradients the engine
+        takes: identity by default; IMTL applies IMTL-L's ``e^s L - s``, DB-MTL ``log L``."""
+        return losses
 
     def gramian_weights(self, gramian: torch.Tensor, losses: torch.Tensor, ctx: StepContext) -> torch.Tensor:
         """``gramian``: float64 T x T (un-normalised), ``losses``: float64 T (unscaled). -> weights
