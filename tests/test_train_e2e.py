@@ -13,6 +13,7 @@ import yaml
 from densemtl.cli import main
 from densemtl.data.synthetic import generate_dataset
 from densemtl.engine import trainer as trainer_module
+from densemtl.engine import mtl_step
 from densemtl.engine.checkpoint import load_checkpoint
 
 TINY = ["--size", "32x32", "--width", "0.125", "--batch-size", "4", "--no-progress"]
@@ -103,7 +104,7 @@ def test_resume_reaches_the_same_result(scenes, tmp_path, monkeypatch):
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(scenes, tmp_path, monkeypatch, capsys):
     run = tmp_path / "run"
-    real = trainer_module.compute_losses
+    real = mtl_step.compute_losses
     calls = {"train": 0}
 
     def nan_in_epoch_2(tasks, outputs, batch):
@@ -114,7 +115,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(scenes, tmp_path, monkeyp
                 losses["depth"] = losses["depth"] * float("nan")
         return losses
 
-    monkeypatch.setattr(trainer_module, "compute_losses", nan_in_epoch_2)
+    monkeypatch.setattr(mtl_step, "compute_losses", nan_in_epoch_2)
     assert train("--data-root", str(scenes), "--out", str(run), "--epochs", "3", *TINY) == 2
     err = capsys.readouterr().err
     assert "non-finite loss at epoch 2, step 1" in err and "depth = nan" in err

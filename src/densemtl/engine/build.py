@@ -21,6 +21,7 @@ from ..errors import UserError
 from ..models import create_model, get_entry
 from ..models.registry import check_input_size
 from ..tasks import Task, make_tasks, task_channels
+from ..weighting import weighting_class
 from .config import DEVICE_PATTERN, TrainConfig, format_size
 
 
@@ -62,7 +63,12 @@ def resolve(cfg: TrainConfig) -> TrainConfig:
     check_input_size(cfg.model.name, *size)
     out = cfg.out or f"runs/{cfg.data.name}-{cfg.model.name}-{cfg.weighting.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     data = dataclasses.replace(cfg.data, size=tuple(size), tasks=tasks, num_classes=info.num_classes)
-    return dataclasses.replace(cfg, data=data, out=out)
+    method = weighting_class(cfg.weighting.name)  # an unknown name lists the valid ones
+    scope = cfg.weighting.scope
+    if method.kind != "loss" and scope is None:
+        scope = method.default_scope  # recorded, so config.yaml says which gradients were used
+    weighting = dataclasses.replace(cfg.weighting, scope=scope)
+    return dataclasses.replace(cfg, data=data, weighting=weighting, out=out)
 
 
 def build_tasks(cfg: TrainConfig) -> dict[str, Task]:

@@ -39,6 +39,8 @@ OPTIMIZERS = ("adam", "sgd")
 SCHEDULES = ("step", "poly", "none")
 CONVENTIONS = ("dataset", "mtan")
 AMP_MODES = ("none", "bf16", "fp16")  # autocast precision of the forward pass (engine/speed.py)
+# where gradient-level methods read per-task gradients (models/scope.py, engine/mtl_step.py)
+SCOPES = ("all", "shared", "representation")
 DEVICE_PATTERN = r"cpu|cuda(:\d+)?|mps"
 
 
@@ -63,8 +65,12 @@ class ModelConfig:
 
 @dataclass
 class WeightingConfig:
-    name: str = "equal"  # equal | uncertainty | dwa | any registered method
-    options: dict[str, Any] = field(default_factory=dict)  # e.g. {temperature: 2.0} for dwa
+    name: str = "equal"  # any registered method (`densemtl weightings`)
+    options: dict[str, Any] = field(default_factory=dict)  # e.g. {T: 2.0} for dwa, {c: 0.4} for cagrad
+    # gradient-level methods: all (every parameter but the heads) | shared (parameters no task
+    # owns) | representation (the features the heads read); None: the method's official default,
+    # which the run's config.yaml records. Loss-level methods take none.
+    scope: str | None = None
 
 
 @dataclass
@@ -255,6 +261,8 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     if not re.fullmatch(DEVICE_PATTERN, cfg.device):
         raise UserError(f"{_name('device')}: expected cpu, cuda or cuda:N, got {cfg.device!r}")
     _check_choice("amp", cfg.amp, AMP_MODES)
+    if cfg.weighting.scope is not None:
+        _check_choice("weighting.scope", cfg.weighting.scope, SCOPES)
     return cfg
 
 
@@ -362,10 +370,14 @@ _FLAGS: tuple[tuple[str, str, dict], ...] = (
     ("--width", "model.width", dict(metavar="W", help="channel multiplier (1.0 = paper size)")),
     ("--model-opt", "model.options", dict(metavar="KEY=VALUE", action="append",
                                           help="model option (repeatable; see `densemtl models --json`)")),
-    ("--weighting", "weighting.name", dict(metavar="NAME", help="loss weighting: equal, fixed, uncertainty, dwa")),
+    ("--weighting", "weighting.name", dict(metavar="NAME", help="multi-task optimisation method (see `densemtl weightings`)")),
     ("--weighting-opt", "weighting.options", dict(metavar="KEY=VALUE", action="append",
                                                   help="weighting option, e.g. T=2 for dwa or "
                                                        "'weights={semantic: 1.44, depth: 1.15}' for fixed (repeatable)")),
+    ("--scope", "weighting.scope", dict(
+        metavar="SCOPE", help="where a gradient-level method reads per-task gradients: all (every parameter "
+                              "but the heads), shared (only parameters no task owns) or representation "
+                              "(the features the heads read) (default: the method's official choice)")),
     ("--optimizer", "optim.name", dict(metavar="NAME", help="adam or sgd")),
     ("--lr", "optim.lr", dict(metavar="LR", help="learning rate")),
     ("--weight-decay", "optim.weight_decay", dict(metavar="WD", help="weight decay")),

@@ -97,6 +97,14 @@ def all_reduce_sum(values: torch.Tensor) -> torch.Tensor:
     return values
 
 
+def all_reduce_mean_(values: torch.Tensor) -> torch.Tensor:
+    """In place: ``values`` becomes its mean over all ranks (no copy; one process: unchanged)."""
+    if is_distributed() and world_size() > 1:
+        dist.all_reduce(values, op=dist.ReduceOp.SUM)
+        values /= world_size()
+    return values
+
+
 def train_sampler(dataset: Sized, seed: int) -> DistributedSampler:
     """This rank's share of a shuffle seeded ``seed``. Rank r takes positions r, r + W, ... of
     the same permutation the single-process ``RandomSampler`` draws from a generator seeded

@@ -37,8 +37,9 @@ from ..errors import UserError
 from ..models.info import count_params
 from ..report import mean_std, plot_curves, run_summary_markdown
 from ..tasks import Task
-from ..weighting import make_weighting
+from ..weighting import StepContext, make_weighting
 from . import build, distributed, speed
+from .mtl_step import EpochStats, compute_losses, make_step, step_generator, task_of  # noqa: F401
 from .baselines import evaluate_trivial, trivial_predictions
 from .checkpoint import (
     FORMAT, VERSION, atomic_copy, atomic_save, atomic_write_text, check_model_name, load_checkpoint,
@@ -64,23 +65,6 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
     np.random.seed(seed % 2**32)
     random.seed(seed)
-
-
-def task_of(key: str) -> str:
-    """Model output key -> task: ``"semantic@scale1"`` (deep supervision) -> ``"semantic"``."""
-    return key.split("@", 1)[0]
-
-
-def compute_losses(tasks: dict[str, Task], outputs: dict[str, torch.Tensor], batch: dict) -> dict[str, torch.Tensor]:
-    """Unweighted loss per task; deep-supervision outputs add to their task's loss."""
-    losses: dict[str, torch.Tensor] = {}
-    for key, raw in outputs.items():
-        name = task_of(key)
-        if name not in tasks:
-            raise RuntimeError(f"model output {key!r} belongs to no task of this run ({', '.join(tasks)})")
-        loss = tasks[name].loss(raw, batch[name])
-        losses[name] = losses[name] + loss if name in losses else loss
-    return losses
 
 
 def to_device(batch: dict, device: torch.device) -> dict:
@@ -127,6 +111,11 @@ class Trainer:
         self.train_model = distributed.data_parallel(self.model, self.weighting, self.device)
         self.optimizer = build.build_optimizer(cfg, [*self.model.parameters(), *self.weighting.parameters()])
         self.scaler = speed.grad_scaler(self.device, cfg.amp)  # enabled for amp=fp16 only
+        # how gradients are obtained and combined: chosen by the method's kind and weighting.scope
+        self.step = make_step(model=self.model, train_model=self.train_model, weighting=self.weighting,
+                              optimizer=self.optimizer, scaler=self.scaler, tasks=self.tasks,
+                              device=self.device, amp=cfg.amp, channels_last=cfg.channels_last,
+                              scope=cfg.weighting.scope, model_name=cfg.model.name)
         self.scheduler = build.build_scheduler(cfg, self.optimizer)
         self.train_set = build.build_dataset(cfg, "train", train=True)
         self.val_set = build.build_dataset(cfg, "val")
@@ -221,34 +210,33 @@ class Trainer:
         loader = self._loader(self.train_set, cfg.batch_size, self.train_sampler(epoch), generator=g)
         self.model.train()
         self.weighting.train()
-        sums = {t: torch.zeros((), dtype=torch.float64, device=self.device) for t in self.tasks}
+        sums = torch.zeros(len(self.tasks), dtype=torch.float64)
+        self.epoch_stats = EpochStats(list(self.tasks))
         steps = 0
+        steps_per_epoch = len(loader)
         bar = tqdm(loader, desc=f"epoch {epoch}/{cfg.epochs} train", leave=False,
                    disable=not (self.progress and self.is_main), dynamic_ncols=True)
         for step, batch in enumerate(bar, 1):
             batch = to_device(batch, self.device)
-            # free the last step's gradients before the forward pass builds its activations
-            # (clearing them after it, as MTAN's code does, keeps a model's worth of memory alive)
-            self.optimizer.zero_grad(set_to_none=True)
-            with speed.autocast(self.device, cfg.amp):
-                outputs = self.train_model(speed.prepare_images(batch["image"], cfg.channels_last))
-            losses = compute_losses(self.tasks, outputs, batch)  # float32, outside autocast
-            total = self.weighting.combine(losses)
-            values = torch.stack([*(losses[t].detach() for t in self.tasks), total.detach()]).double()
-            if not bool(torch.isfinite(values).all()):
-                self._diverged(epoch, step, dict(zip([*self.tasks, "total (weighted)"], values.tolist())))
-            speed.backward_and_step(total, self.optimizer, self.scaler)
-            for t in self.tasks:
-                sums[t] += losses[t].detach().double()
+            global_step = (epoch - 1) * steps_per_epoch + step
+            ctx = StepContext(step=global_step, epoch=epoch, generator=step_generator(cfg.seed, global_step))
+
+            def check(values: dict[str, float], step: int = step) -> None:
+                if not all(math.isfinite(v) for v in values.values()):
+                    self._diverged(epoch, step, values)
+
+            result = self.step(batch["image"], batch, ctx, check)
+            sums += result["losses"].cpu()
+            self.epoch_stats.add(result, ctx)
             steps += 1
             if not bar.disable:
-                bar.set_postfix({t[:4]: f"{v:.3f}" for t, v in zip(self.tasks, values.tolist())})
+                bar.set_postfix({t[:4]: f"{v:.3f}" for t, v in zip(self.tasks, result["losses"].tolist())})
         if steps == 0:
             raise UserError(f"the train split of {cfg.data.name!r} gave no batch")
         # DDP: the mean over ranks (every rank takes as many steps), identical on every rank,
         # so that DWA's weights derived from these losses agree everywhere
-        means = distributed.all_reduce_sum(torch.stack(list(sums.values())) / steps) / distributed.world_size()
-        return {t: float(m) for t, m in zip(sums, means)}
+        means = distributed.all_reduce_sum((sums / steps).to(self.device)) / distributed.world_size()
+        return {t: float(m) for t, m in zip(self.tasks, means)}
 
     def _diverged(self, epoch: int, step: int, values: dict[str, float]) -> None:
         bad = ", ".join(f"{k} = {v}" for k, v in values.items() if not math.isfinite(v))
@@ -281,13 +269,13 @@ class Trainer:
             start = time.perf_counter()
             lr = self.optimizer.param_groups[0]["lr"]
             train_loss = self.train_epoch(epoch)
-            weights = self.weighting.weights()
+            step_record = self.epoch_stats.record()  # mean weights (and gradient statistics)
             self.weighting.epoch_end(train_loss)
             self.scheduler.step()
             val, val_loss, preview = self.evaluate()
             seconds = time.perf_counter() - start
             self.elapsed += seconds
-            record = {"epoch": epoch, "lr": lr, "train_loss": train_loss, "weights": weights,
+            record = {"epoch": epoch, "lr": lr, "train_loss": train_loss, **step_record,
                       "val": val, "val_loss": val_loss, "time": round(seconds, 3)}
             self.epoch = epoch
             self.history.append(record)

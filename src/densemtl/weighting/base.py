@@ -32,12 +32,10 @@ from typing import Callable, Mapping, Sequence
 import torch
 import torch.nn as nn
 
+from ..engine.config import SCOPES  # noqa: F401  (re-exported: where gradient methods read gradients)
 from ..errors import UserError, unknown_name
 
 _REGISTRY: dict[str, type["Weighting"]] = {}
-
-#: Where a gradient-level method reads the per-task gradients (see the module docstring).
-SCOPES = ("all", "shared", "representation")
 
 
 def register_weighting(name: str) -> Callable[[type["Weighting"]], type["Weighting"]]:
@@ -197,13 +195,15 @@ class StepContext:
 
     ``generator``: a CPU generator seeded by (run seed, global step), identical on every rank,
     for random methods (PCGrad's order, GradDrop's thresholds). ``stats``: counters the method
-    adds to (``solver_failures``), averaged or summed per epoch into metrics.jsonl.
+    adds to (``solver_failures``), summed per epoch into metrics.jsonl. ``gramian``: the step's
+    T x T Gramian (float32) once the engine has computed it, so methods need not recompute it.
     """
 
     step: int
     epoch: int
     generator: torch.Generator
     stats: dict[str, float] = field(default_factory=dict)
+    gramian: torch.Tensor | None = None
 
     def count(self, key: str, n: float = 1.0) -> None:
         self.stats[key] = self.stats.get(key, 0.0) + n
@@ -253,7 +253,7 @@ class GradientWeighting(Weighting):
                   ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """``jacobian``: float32 T x P (row t: gradient of task t's loss), unscaled. -> (update
         vector P float32, effective task weights float64 T or None)."""
-        gramian = jacobian @ jacobian.T  # float32, T x T
+        gramian = ctx.gramian if ctx.gramian is not None else jacobian @ jacobian.T  # float32, T x T
         w = self.gramian_weights(gramian.double(), losses.double(), ctx)
         self._last = w.detach().clone()
         return w.to(jacobian.dtype) @ jacobian, w
