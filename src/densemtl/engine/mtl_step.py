@@ -192,6 +192,7 @@ class ParameterStep(GradientStep):
             losses = w.stack(self.forward(images, batch))
         fed = w.transform_losses(losses)
         self.check(check, losses, **{"total (transformed)": fed.sum()})
+        scaled = self.scaler.scale(fed)  # x the loss scale under fp16 (identity otherwise)
         s = self.scale()
         T, P = len(self.names), sum(p.numel() for p in self.shared)
         jac = torch.empty(T, P, dtype=torch.float32, device=self.device)
@@ -202,7 +203,7 @@ class ParameterStep(GradientStep):
         inputs = [*self.shared, *self.others, *self.own]
         n1, n2 = len(self.shared), len(self.shared) + len(self.others)
         for t in range(T):
-            grads = torch.autograd.grad(fed[t] * s, inputs, retain_graph=t < T - 1, allow_unused=True)
+            grads = torch.autograd.grad(scaled[t], inputs, retain_graph=t < T - 1, allow_unused=True)
             jac[t] = _flat(grads[:n1], self.shared)
             other_rows[t if weighted else 0] += _flat(grads[n1:n2], self.others)
             own += _flat(grads[n2:], self.own)
@@ -262,10 +263,11 @@ class RepresentationStep(GradientStep):
         feats, self._features = self._features, []
         fed = w.transform_losses(losses)
         self.check(check, losses, **{"total (transformed)": fed.sum()})
+        scaled = self.scaler.scale(fed)
         s = self.scale()
         rows = []
         for t in range(len(self.names)):
-            grads = torch.autograd.grad(fed[t] * s, feats, retain_graph=True, allow_unused=True)
+            grads = torch.autograd.grad(scaled[t], feats, retain_graph=True, allow_unused=True)
             rows.append(_flat(grads, feats) / s)
         rep = torch.stack(rows)
         gramian = rep @ rep.T
