@@ -75,10 +75,16 @@ class BenchSpec:
     threads: int | None = None  # torch intra-op threads; None: torch's default
     baseline: bool = False  # the paper-style reference (see module doc); ignores the speed options
     options: dict = field(default_factory=dict)  # model options
+    # a multi-task optimisation method: the train step runs the trainer's own step for it
+    # (engine/mtl_step.py); None: the plain sum of the task losses, as before
+    weighting: str | None = None
+    scope: str | None = None  # gradient-level methods; None: the method's default
 
     @property
     def label(self) -> str:
-        return BASELINE_LABEL if self.baseline else self.model
+        if self.baseline:
+            return BASELINE_LABEL
+        return f"{self.model} + {self.weighting}" if self.weighting else self.model
 
 
 def environment() -> dict:
@@ -210,6 +216,7 @@ class _Step:
     params: int
     gflops: float
     step_flops: float
+    method_times: list = field(default_factory=list)  # seconds inside the method per call
 
 
 def _prepare(spec: BenchSpec) -> _Step:
@@ -236,7 +243,13 @@ def _prepare(spec: BenchSpec) -> _Step:
     batch = synthetic_batch(tasks, spec.batch_size, spec.size, device)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
 
-    if spec.phase == "train":
+    method_times: list[float] = []
+    if spec.phase == "train" and spec.weighting:
+        model.train()
+        step_flops = _train_flops(model, tasks, batch["image"], batch)
+        speed.prepare_model(model, channels_last=channels_last, compile=compile_)
+        run = _method_step(spec, model, tasks, batch, device, amp, channels_last, method_times)
+    elif spec.phase == "train":
         model.train()
         step_flops = _train_flops(model, tasks, batch["image"], batch)
         speed.prepare_model(model, channels_last=channels_last, compile=compile_)
@@ -267,7 +280,47 @@ def _prepare(spec: BenchSpec) -> _Step:
             with torch.no_grad(), speed.autocast(device, amp):
                 model(images)
 
-    return _Step(run, sync, model, tasks, device, amp, channels_last, compile_, params, gflops, step_flops)
+    return _Step(run, sync, model, tasks, device, amp, channels_last, compile_, params, gflops, step_flops,
+                 method_times)
+
+
+def _method_step(spec: BenchSpec, model: nn.Module, tasks: dict[str, Task], batch: dict, device: torch.device,
+                 amp: str, channels_last: bool, method_times: list[float]) -> Callable[[], None]:
+    """One training step of ``spec.weighting`` as the trainer takes it; the time spent inside the
+    method itself (weights / update from the gradients, solvers included) goes to ``method_times``."""
+    from .engine.mtl_step import make_step, step_generator
+    from .weighting import StepContext, make_weighting
+
+    weighting = make_weighting(spec.weighting, list(tasks)).to(device)
+    scope = spec.scope if spec.scope is not None or weighting.kind == "loss" else weighting.default_scope
+    optimizer = speed.make_optimizer("adam", [*model.parameters(), *weighting.parameters()], lr=1e-4)
+    scaler = speed.grad_scaler(device, amp)
+    step = make_step(model=model, train_model=model, weighting=weighting, optimizer=optimizer, scaler=scaler,
+                     tasks=tasks, device=device, amp=amp, channels_last=channels_last, scope=scope,
+                     model_name=spec.model)
+    depth = {"n": 0}  # aggregate calls gramian_weights: time the outer call only
+    for name in ("aggregate", "gramian_weights"):
+        inner = getattr(weighting, name, None)
+        if inner is None:
+            continue
+
+        def timed(*args, _inner=inner, **kwargs):
+            depth["n"] += 1
+            start = time.perf_counter()
+            try:
+                return _inner(*args, **kwargs)
+            finally:
+                depth["n"] -= 1
+                if depth["n"] == 0:
+                    method_times.append(time.perf_counter() - start)
+        setattr(weighting, name, timed)
+    counter = {"step": 0}
+
+    def run() -> None:
+        counter["step"] += 1
+        ctx = StepContext(step=counter["step"], epoch=1, generator=step_generator(0, counter["step"]))
+        step(batch["image"], batch, ctx, lambda values: None)
+    return run
 
 
 def measure(spec: BenchSpec) -> dict:
@@ -293,8 +346,11 @@ def measure(spec: BenchSpec) -> dict:
 
     times.sort()
     median = statistics.median(times)
+    # time inside the method (solvers): aggregate wraps gramian_weights, so count the outer calls
+    per_call = step.method_times[-spec.steps:] if step.method_times else []
     return {
-        "model": spec.label, "phase": spec.phase,
+        "model": spec.label, "phase": spec.phase, "weighting": spec.weighting or "", "scope": spec.scope or "",
+        "method_ms": 1000 * statistics.median(per_call) if per_call else None,
         "batch": spec.batch_size, "size": f"{spec.size[0]}x{spec.size[1]}", "width": spec.width,
         "tasks": ",".join(tasks), "amp": amp, "channels_last": channels_last, "compile": compile_,
         "fused": bool(getattr(model, "fused", False)),
@@ -366,8 +422,10 @@ def add_paired(rows: list[dict], ratios: dict[tuple[str, str], list[float]]) -> 
             r["paired_rounds"] = len(values)
 
 
-def plan(models: list[str], phases: tuple[str, ...] = PHASES, baseline: bool = False, **common) -> list[BenchSpec]:
-    """The measurements of a ``densemtl bench`` call, baseline first. Unknown models fail early."""
+def plan(models: list[str], phases: tuple[str, ...] = PHASES, baseline: bool = False,
+         weightings: list[str] | None = None, **common) -> list[BenchSpec]:
+    """The measurements of a ``densemtl bench`` call, baseline first. Unknown models fail early.
+    ``weightings``: the train phase once per method (and ``equal``) through the trainer's step."""
     for name in models:
         get_entry(name)
     if not models and not baseline:
@@ -375,7 +433,15 @@ def plan(models: list[str], phases: tuple[str, ...] = PHASES, baseline: bool = F
     specs = []
     if baseline:
         specs += [BenchSpec(BASELINE_MODEL, phase, baseline=True, **common) for phase in phases]
-    specs += [BenchSpec(name, phase, **common) for name in models for phase in phases]
+    specs += [BenchSpec(name, phase, **common) for name in models for phase in phases
+              if not (weightings and phase == "train")]
+    if weightings:  # "equal" first: the reference of the "x equal" column
+        from .weighting import weighting_class
+        for w in weightings:
+            weighting_class(w)  # an unknown name lists the valid ones
+        ordered = ["equal", *[w for w in weightings if w != "equal"]]
+        specs += [BenchSpec(name, "train", weighting=w, **common)
+                  for name in models if "train" in phases for w in ordered]
     return specs
 
 
@@ -409,11 +475,17 @@ def run_benchmark(specs: list[BenchSpec], isolate: bool = True, repeat: int = 1,
 
 
 def add_speedups(rows: list[dict]) -> None:
-    """``vs_baseline``: baseline ms/step over this row's, for the MTAN rows of the same phase."""
+    """``vs_baseline``: baseline ms/step over this row's, for the MTAN rows of the same phase.
+    ``vs_equal``: this row's ms/step over the ``equal`` row's of the same model and phase (the
+    cost of a multi-task optimisation method, measured in the same call)."""
     base = {r["phase"]: r["ms_median"] for r in rows if r["model"] == BASELINE_LABEL}
     for r in rows:
         ok = r["model"] in (BASELINE_MODEL, BASELINE_LABEL) and r["phase"] in base
         r["vs_baseline"] = base[r["phase"]] / r["ms_median"] if ok else None
+    equal = {(r["model"].split(" + ")[0], r["phase"]): r["ms_median"] for r in rows if r.get("weighting") == "equal"}
+    for r in rows:
+        ref = equal.get((r["model"].split(" + ")[0], r["phase"])) if r.get("weighting") else None
+        r["vs_equal"] = r["ms_median"] / ref if ref else None
 
 
 # ----------------------------------------------------------------------------- reports
@@ -422,7 +494,7 @@ CSV_COLUMNS = (
     "model", "phase", "batch", "size", "width", "tasks", "amp", "channels_last", "compile", "fused",
     "device", "threads", "steps", "warmup", "ms_median", "ms_p10", "ms_p90", "ms_min", "cpu_ms_median",
     "first_step_s",
-    "images_per_s", "vs_baseline", "paired_ratio", "paired_p25", "paired_p75", "paired_rounds", "peak_mem_mb", "rss_before_mb", "memory", "params",
+    "images_per_s", "vs_baseline", "weighting", "scope", "vs_equal", "method_ms", "paired_ratio", "paired_p25", "paired_p75", "paired_rounds", "peak_mem_mb", "rss_before_mb", "memory", "params",
     "gflops_per_image", "step_gflop", "achieved_gflops", "runs_ms",
 )
 
@@ -462,15 +534,18 @@ def to_markdown(rows: list[dict], env: dict, command: str | None = None) -> str:
         + (f"; when done: {', '.join(map(str, env['load_average_end']))}" if env.get("load_average_end") else ""),
         "",
         "| model | phase | options | batch | size | width | ms/step median [p10, p90] | CPU ms/step | "
-        "images/s | x baseline | peak memory (MB) | params | GFLOPs/image | GFLOP/step | GFLOP/s |",
-        "|---|---|---|---:|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "images/s | x baseline | x equal | method ms | peak memory (MB) | params | GFLOPs/image | GFLOP/step | "
+        "GFLOP/s |",
+        "|---|---|---|---:|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         vs = f"{r['vs_baseline']:.2f}" if r.get("vs_baseline") else ""
+        vs_eq = f"{r['vs_equal']:.2f}" if r.get("vs_equal") else ""
+        method = f"{r['method_ms']:.1f}" if r.get("method_ms") is not None else ""
         lines.append(
             f"| {r['model']} | {r['phase']} | {_options(r)} | {r['batch']} | {r['size']} | {r['width']:g} | "
             f"{r['ms_median']:.1f} [{r['ms_p10']:.1f}, {r['ms_p90']:.1f}] | {r['cpu_ms_median']:.0f} | "
-            f"{r['images_per_s']:.2f} | {vs} | "
+            f"{r['images_per_s']:.2f} | {vs} | {vs_eq} | {method} | "
             f"{r['peak_mem_mb']:.0f} | {r['params']:,} | {r['gflops_per_image']:.2f} | {r['step_gflop']:.2f} | "
             f"{r['achieved_gflops']:.1f} |"
         )
@@ -491,7 +566,9 @@ def to_markdown(rows: list[dict], env: dict, command: str | None = None) -> str:
         "",
         f"Memory: {', '.join(kinds)} during the phase (CPU: whole process, libraries included). "
         "CPU ms/step: process CPU time of a step, all threads (median). "
-        "GFLOPs count 2 per multiply-add; train steps count forward + backward.",
+        "GFLOPs count 2 per multiply-add; train steps count forward + backward. "
+        "x equal: ms/step over the equal-weighting step of the same model (a method's cost); "
+        "method ms: time inside the method per step (weights or update from the gradients, solvers included).",
     ]
     return "\n".join(lines) + "\n"
 

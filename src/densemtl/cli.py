@@ -40,6 +40,11 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as e:
         print(f"densemtl {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # e.g. `densemtl models --json | head`: the reader left; not an error
+        import os
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # no second error when Python flushes stdout at exit
+        return 0
     except KeyboardInterrupt:
         print(f"densemtl {args.command}: interrupted", file=sys.stderr)
         return 130

@@ -299,10 +299,12 @@ def flatten(record: Mapping, prefix: str = "") -> dict[str, float]:
 def _panel_and_series(key: str, together: Sequence[str]) -> tuple[str, str]:
     """``train_loss.depth`` -> (``loss.depth``, ``train``); ``val.semantic.miou`` ->
     (``semantic.miou``, ``val``); ``weights.depth`` -> (``weights``, ``depth``) when
-    ``weights`` is in ``together``; other keys form their own panel."""
+    ``weights`` is in ``together`` (entries may be dotted prefixes, e.g.
+    ``gradients.grad_norm``); other keys form their own panel."""
+    for prefix in sorted(together, key=len, reverse=True):
+        if key.startswith(prefix + "."):
+            return prefix, key[len(prefix) + 1:]
     head, _, rest = key.partition(".")
-    if head in together and rest:
-        return head, rest
     for split in SPLITS:
         if head == split and rest:
             return rest, split
@@ -313,14 +315,15 @@ def _panel_and_series(key: str, together: Sequence[str]) -> tuple[str, str]:
 
 def plot_curves(source: str | Path | Sequence[Mapping], out_png: str | Path,
                 keys: Sequence[str] | None = None, x: str | None = None,
-                together: Sequence[str] = ("weights",)) -> Path:
+                together: Sequence[str] = ("weights", "gradients.grad_norm", "gradients.grad_cosine")) -> Path:
     """Plot training curves to ``out_png``: one panel per quantity, train and val together
     (matplotlib's Agg renderer, without pyplot).
 
     ``source``: a metrics.jsonl path or a list of records (dicts, possibly nested). ``x``: the
     key of the horizontal axis (default ``epoch``, else ``step``, else the record number).
     ``keys``: glob patterns of the dotted keys to draw (default: every numeric key).
-    ``together``: top-level keys whose leaves share one panel (default: the loss weights).
+    ``together``: keys whose leaves share one panel (default: the task weights, and the
+    per-task gradient norms and pairwise cosines that gradient-level methods log).
     """
     from matplotlib.figure import Figure  # no pyplot: no global backend, no GUI, thread-safe
     from matplotlib.ticker import MaxNLocator

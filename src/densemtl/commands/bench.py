@@ -13,6 +13,7 @@ EPILOG = """examples:
   densemtl bench --models mtan --baseline                       # CPU: width 1, 64x64, batch 2
   densemtl bench --models mtan --baseline --paired 20           # + speedup from alternating steps
   densemtl bench --models mtan,split --threads 2 --out benchmarks/speed_cpu
+  densemtl bench --models mtan --weighting mgda,cagrad,nash_mtl,famo --phases train
   densemtl bench --models mtan --device cuda --size 288x384 --amp bf16 --compile --json
 """
 
@@ -41,6 +42,9 @@ def add_parser(sub) -> None:
     p.add_argument("--threads", type=int, default=None, metavar="N", help="torch threads (default: torch's)")
     p.add_argument("--baseline", action="store_true",
                    help="also measure the reference: MTAN per-task loop, fp32, NCHW, eager, plain Adam")
+    p.add_argument("--weighting", metavar="A,B",
+                   help="also time the training step of these multi-task optimisation methods through the "
+                        "trainer's step (with equal as the reference of the 'x equal' column)")
     p.add_argument("--phases", default="train,infer", metavar="A,B", help="train, infer or both (default)")
     p.add_argument("--model-opt", action="append", default=[], metavar="KEY=VALUE", help="model option (repeatable)")
     p.add_argument("--steps", type=int, default=10, metavar="N", help="timed steps (default 10)")
@@ -90,6 +94,7 @@ def run(args: argparse.Namespace) -> int:
         tasks=tuple(_names(args.tasks, "--tasks")), num_classes=args.num_classes, amp=args.amp,
         channels_last=args.channels_last, compile=args.compile, device=args.device, steps=args.steps,
         warmup=args.warmup, threads=args.threads, options=_parse_options(args.model_opt, "model.options"),
+        weightings=_names(args.weighting, "--weighting") if args.weighting else None,
     )
     for spec in specs:
         check_input_size(spec.model, *size)

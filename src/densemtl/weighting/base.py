@@ -113,7 +113,7 @@ def describe_weighting(name: str) -> dict:
         "default_scope": getattr(cls, "default_scope", None),
         "options": weighting_options(name),
         "paper": cls.paper,
-        "summary": doc.split("\n\n", 1)[0].replace("\n", " "),
+        "summary": doc.split("\n", 1)[0],
     }
 
 
