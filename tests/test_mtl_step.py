@@ -18,7 +18,8 @@ from densemtl.engine import mtl_step, speed
 from densemtl.engine.mtl_step import make_step, step_generator
 from densemtl.errors import UserError
 from densemtl.models import create_model
-from densemtl.models.scope import Representation, scope_parameters
+from densemtl.models.scope import scope_parameters
+from mtl_helpers import SmoothMTL, synthetic_batch
 from densemtl.tasks import make_tasks, task_channels
 from densemtl.weighting import GradientWeighting, StepContext, make_weighting, register_weighting
 from densemtl.weighting import base as wbase
@@ -54,31 +55,7 @@ def spies():
 
 
 def batch(n=2, size=32, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    normal = torch.randn(n, 3, size, size, generator=g)
-    return {
-        "image": torch.rand(n, 3, size, size, generator=g),
-        "semantic": torch.randint(0, 13, (n, size, size), generator=g),
-        "depth": 0.5 + torch.rand(n, 1, size, size, generator=g),
-        "normal": normal / normal.norm(dim=1, keepdim=True),
-    }
-
-
-class SmoothMTL(torch.nn.Module):
-    """A tiny model without BatchNorm or pooling (whose argmax switches make fp16 and fp32
-    gradients of SegNet differ by tens of percent at init): two tanh convolutions shared, a
-    Representation marker, one 1x1 head per task."""
-
-    def __init__(self, tasks: dict[str, int]) -> None:
-        super().__init__()
-        self.trunk = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.Tanh(),
-                                         torch.nn.Conv2d(8, 8, 3, padding=1), torch.nn.Tanh())
-        self.representation = Representation()
-        self.heads = torch.nn.ModuleDict({t: torch.nn.Conv2d(8, c, 1) for t, c in tasks.items()})
-
-    def forward(self, x):
-        z = self.representation(self.trunk(x))
-        return {t: head(z) for t, head in self.heads.items()}
+    return synthetic_batch(n, size, seed)
 
 
 def build(model_name="mtan", method="equal", scope=None, amp="none", **method_opts):

@@ -133,6 +133,8 @@ class Weighting(nn.Module):
     #: of a data-parallel run; the engine then gives it the losses of the global batch (the
     #: mean over ranks) with the local gradients (exact; one all-reduce of T numbers per step)
     nonlinear_in_losses = False
+    #: True: the method draws random numbers (from the step's generator, see StepContext)
+    random = False
 
     def __init__(self, task_names: Sequence[str]) -> None:
         super().__init__()
