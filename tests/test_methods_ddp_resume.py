@@ -25,6 +25,7 @@ import torch.nn as nn
 from densemtl.engine import distributed, speed
 from densemtl.engine.config import config_from_dict
 from densemtl.engine.mtl_step import make_step, step_generator
+from densemtl.engine import trainer as trainer_module
 from densemtl.engine.trainer import Trainer
 from densemtl.models import create_model
 from densemtl.tasks import make_tasks, task_channels
@@ -140,7 +141,8 @@ def test_resumable_methods_are_listed():
 
 
 @pytest.mark.parametrize("method", RESUMABLE)
-def test_stop_and_resume_equals_the_uninterrupted_run(method, data, tmp_path):
+def test_stop_and_resume_equals_the_uninterrupted_run(method, data, tmp_path, monkeypatch):
+    monkeypatch.setattr(trainer_module, "plot_curves", lambda *a, **k: None)  # ~1 s a run; not tested here
     quiet = dict(progress=False, log=lambda msg: None)
     whole = Trainer(config(data, tmp_path / "whole", method, 2), **quiet)
     whole.fit()
