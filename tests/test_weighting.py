@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -167,3 +168,31 @@ def test_fixed_rejects_bad_weights_naming_the_option(weights, message):
     with pytest.raises(UserError, match="weighting option weights") as e:
         make_weighting("fixed", TASKS, weights=weights)
     assert message in str(e.value)
+
+
+@pytest.mark.parametrize("value, message", [("abc", "expected a finite number"), (True, "expected a finite number"),
+                                            (float("nan"), "expected a finite number")])
+def test_option_of_the_wrong_type_is_a_user_error(value, message):
+    with pytest.raises(UserError, match=f"weighting option T of 'dwa': {message}"):
+        make_weighting("dwa", TASKS, T=value)
+
+
+def test_weightings_command_lists_every_method_with_kind_options_and_paper(capsys):
+    from densemtl.cli import main
+
+    assert main(["weightings", "--json"]) == 0
+    listed = {d["name"]: d for d in json.loads(capsys.readouterr().out)}
+    assert set(listed) == {n for n in list_weightings() if not n.startswith("_")}
+    assert listed["dwa"]["kind"] == "loss" and listed["dwa"]["options"] == {"T": 2.0}
+    assert all(d["kind"] in ("loss", "gradient", "representation") for d in listed.values())
+    assert main(["weightings"]) == 0 and "uncertainty" in capsys.readouterr().out
+
+
+def test_docs_page_is_generated_from_the_registry():
+    """docs/weightings.md is `densemtl weightings --markdown`: regenerate it when a method changes."""
+    from pathlib import Path
+
+    from densemtl.commands.weightings import markdown
+
+    page = Path(__file__).resolve().parents[1] / "docs" / "weightings.md"
+    assert page.read_text() == markdown(), "run: densemtl weightings --markdown > docs/weightings.md"
