@@ -43,7 +43,7 @@ from .metrics import DELTA_VARIANTS, delta_m
 from .models import get_entry, list_models
 from .report import MISSING, ResultRow, mean_std, results_table
 from .tasks import Task
-from .weighting import list_weightings, weighting_options
+from .weighting import list_weightings, weighting_class, weighting_options
 
 BASELINE = "single"  # the default Δm reference: one SegNet per task
 SINGLE_TASK_WEIGHTING = "equal"  # with one task every method reduces to (a rescaled) plain loss
@@ -183,7 +183,9 @@ def run_config(base: TrainConfig, grid: Grid, spec: RunSpec, runs_dir: Path) -> 
         data=dataclasses.replace(base.data, tasks=[spec.task] if spec.task else list(grid.tasks)),
         model=dataclasses.replace(base.model, name=spec.model,
                                   options=_options_for(base.model.options, get_entry(spec.model).options)),
-        weighting=dataclasses.replace(base.weighting, name=weighting, options=w_options),
+        # --scope applies to the gradient-level methods of the grid (loss-level ones take none)
+        weighting=dataclasses.replace(base.weighting, name=weighting, options=w_options,
+                                      scope=base.weighting.scope if weighting_class(weighting).kind != "loss" else None),
         seed=spec.seed,
         out=str(runs_dir / spec.name),
     )
