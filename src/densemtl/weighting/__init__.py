@@ -10,4 +10,5 @@ from .base import (  # noqa: F401
     make_weighting, register_weighting, weighting_class, weighting_options,
 )
 from . import loss  # noqa: F401  (registers the loss-level methods)
+from . import gradient  # noqa: F401
 from .loss import DWA, Equal, Fixed, LambdaWeighting, Uncertainty  # noqa: F401
