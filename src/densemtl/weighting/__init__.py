@@ -11,4 +11,5 @@ from .base import (  # noqa: F401
 )
 from . import loss  # noqa: F401  (registers the loss-level methods)
 from . import gradient  # noqa: F401
+from . import surgery  # noqa: F401
 from .loss import DWA, Equal, Fixed, LambdaWeighting, Uncertainty  # noqa: F401
