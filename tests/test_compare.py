@@ -200,7 +200,7 @@ def test_other_settings_in_the_same_folder_are_refused(comparison):
 
 @pytest.mark.parametrize("flags, message", [
     (["--models", "single,segnett"], "unknown model 'segnett'; expected one of:"),
-    (["--weightings", "equal,gradnorm"], "unknown weighting 'gradnorm'; expected one of: dwa, equal, fixed, uncertainty"),
+    (["--weightings", "equal,nosuch"], "unknown weighting 'nosuch'; expected one of: aligned_mtl, "),
     (["--models", "single,stan"], "are all single-task models"),
     (["--models", "split,split"], "listed twice: split"),
     (["--seeds", "0"], "--seeds: expected a number of seeds >= 1"),

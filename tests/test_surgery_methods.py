@@ -416,6 +416,7 @@ def _global_values_worker(rank: int, port: int, report: str) -> None:
     import os
 
     from densemtl.engine import distributed
+    from densemtl.engine.mtl_step import global_values
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
                       WORLD_SIZE="2")
@@ -424,11 +425,11 @@ def _global_values_worker(rank: int, port: int, report: str) -> None:
     try:
         local = torch.tensor([[1.0, 4.0], [3.0, 2.0]][rank], requires_grad=True)  # global mean (2, 3)
         db = make_weighting("db_mtl", TWO)
-        fed = db.transform_losses(local)
+        fed = db.transform_losses(global_values(local))  # what the engine hands non-linear methods
         (grad,) = torch.autograd.grad(fed.sum(), local)
         gn = make_weighting("gradnorm", TWO)
         gn.epoch_end({"a": 1.0, "b": 1.0})
-        gn.aggregate(rows([1.0, 0.0], [0.0, 1.0]), local.detach().double(), ctx())
+        gn.aggregate(rows([1.0, 0.0], [0.0, 1.0]), global_values(local).detach().double(), ctx())
         torch.save({"fed": fed.detach(), "grad": grad, "s_grad": gn.log_weights.grad}, f"{report}/rank{rank}.pt")
     finally:
         distributed.shutdown()

@@ -110,8 +110,8 @@ def test_uncertainty_state_dict_round_trip():
 
 
 def test_bad_names_options_and_inputs():
-    with pytest.raises(UserError, match="unknown weighting 'gradnorm'.*dwa, equal, fixed, uncertainty"):
-        make_weighting("gradnorm", TASKS)
+    with pytest.raises(UserError, match="unknown weighting 'nosuch'.*dwa, equal, famo, fixed"):
+        make_weighting("nosuch", TASKS)
     with pytest.raises(UserError, match=r"unknown option\(s\) \['temp'\].*valid options: T"):
         make_weighting("dwa", TASKS, temp=2)
     with pytest.raises(UserError, match="T .*> 0"):

@@ -6,10 +6,11 @@ it never names a method. Which step runs is decided by the method's kind and the
 
 - :class:`LossStep` (loss-level methods): ``weighting.combine(losses)`` and one ordinary
   backward. Under DDP, a method that is non-linear in its loss values
-  (``nonlinear_in_losses``: SI, GLS, FAMO) sees the losses of the *global* batch: the step
-  all-reduces the T loss values and feeds the method ``L_local - L_local.detach() + L_global``,
-  whose value is the global loss and whose gradient is the local one, so DDP's average of the
-  gradients equals the single-process gradient of the global batch. FAMO's re-forward
+  (``nonlinear_in_losses``: SI, GLS, FAMO; and the gradient methods DB-MTL, GradNorm) sees the
+  losses of the *global* batch (:func:`global_values`): the step all-reduces the T loss values
+  and feeds the method ``L_local - L_local.detach() + L_global``, whose value is the global loss
+  and whose gradient is the local one, so the average of the gradients over the ranks equals
+  the single-process gradient of the global batch. FAMO's re-forward
   (``needs_reforward``) runs after the optimiser step on the same batch without gradients.
 - :class:`ParameterStep` (gradient-level methods, scope ``all`` or ``shared``): one forward, then
   T backward passes (``torch.autograd.grad`` of each task's loss, the graph retained until the
@@ -89,6 +90,16 @@ def gradient_stats(gramian: torch.Tensor, names: list[str]) -> dict:
     return stats
 
 
+def global_values(losses: torch.Tensor) -> torch.Tensor:
+    """Under DDP: ``losses`` with the values of the global batch (the mean over ranks, one
+    all-reduce of T numbers) and the local graph, ``L - L.detach() + mean_r L_r``: a function
+    of them has the global value, and after DDP's average of the gradients over the ranks, the
+    gradient of the global batch. One process: ``losses`` unchanged."""
+    if distributed.world_size() <= 1:
+        return losses
+    return losses - losses.detach() + distributed.all_reduce_sum(losses.detach()) / distributed.world_size()
+
+
 class TrainStep:
     """Shared parts of the steps: the forward pass, loss computation and the scaler."""
 
@@ -123,10 +134,7 @@ class LossStep(TrainStep):
         w.begin_step(ctx)
         self.optimizer.zero_grad(set_to_none=True)
         losses = w.stack(self.forward(images, batch))
-        fed = losses
-        if w.nonlinear_in_losses and distributed.world_size() > 1:
-            global_losses = distributed.all_reduce_sum(losses.detach()) / distributed.world_size()
-            fed = losses - losses.detach() + global_losses
+        fed = global_values(losses) if w.nonlinear_in_losses else losses
         weights = torch.tensor(list(w.weights().values()), dtype=torch.float64)
         total = w._combine(fed)
         self.check(check, losses, **{"total (weighted)": total})
@@ -190,6 +198,8 @@ class ParameterStep(GradientStep):
             p.grad = None
         with self.no_sync():
             losses = w.stack(self.forward(images, batch))
+        if w.nonlinear_in_losses:
+            losses = global_values(losses)
         fed = w.transform_losses(losses)
         self.check(check, losses, **{"total (transformed)": fed.sum()})
         scaled = self.scaler.scale(fed)  # x the loss scale under fp16 (identity otherwise)
@@ -261,6 +271,8 @@ class RepresentationStep(GradientStep):
         self._features = []
         losses = w.stack(self.forward(images, batch))
         feats, self._features = self._features, []
+        if w.nonlinear_in_losses:
+            losses = global_values(losses)
         fed = w.transform_losses(losses)
         self.check(check, losses, **{"total (transformed)": fed.sum()})
         scaled = self.scaler.scale(fed)

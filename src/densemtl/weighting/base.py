@@ -130,8 +130,9 @@ class Weighting(nn.Module):
     #: same batch after the optimiser step (FAMO)
     needs_reforward = False
     #: True: the method uses its loss values in a way that does not commute with the all-reduce
-    #: of a data-parallel run; the engine then gives it the losses of the global batch (the
-    #: mean over ranks) with the local gradients (exact; one all-reduce of T numbers per step)
+    #: of a data-parallel run; the engine then gives it (``combine``, ``transform_losses``,
+    #: ``aggregate``) the losses of the global batch (the mean over ranks) with the local
+    #: graph (exact; one all-reduce of T numbers per step; engine/mtl_step.global_values)
     nonlinear_in_losses = False
     #: True: the method draws random numbers (from the step's generator, see StepContext)
     random = False

@@ -29,19 +29,6 @@ def _check_range(method: str, option: str, value: float, low: float, high: float
     return value
 
 
-def global_values(losses: torch.Tensor) -> torch.Tensor:
-    """Under DDP: ``losses`` with the values of the global batch (the mean over ranks, one
-    all-reduce of T numbers) and the local graph, ``L - L.detach() + mean_r L_r``, so that a
-    non-linear function of them has, after the engine's average over ranks, the gradient of the
-    global batch. One process, or losses that already are global: unchanged in value."""
-    from ..engine import distributed  # here: the engine imports this package
-
-    if distributed.world_size() <= 1:
-        return losses
-    mean = distributed.all_reduce_sum(losses.detach()) / distributed.world_size()
-    return losses - losses.detach() + mean
-
-
 def uniform(n: int, like: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     """``n`` numbers from U[0, 1) in ``like``'s dtype and device, drawn from ``generator`` (a CPU
     generator). On another device a generator of that device is seeded from ``generator``, so
@@ -206,10 +193,10 @@ class DBMTL(GradientWeighting):
     AMP: not scale-equivariant: log(s L) has the gradient of log L, so scaled losses would give
     an update 1/s too small after the unscale. The engine takes the log of the unscaled losses,
     scales the log-losses for the backward passes and hands unscaled gradients, so fp16 is right.
-    DDP: log is non-linear in the loss values: ``transform_losses`` takes the log of the global
-    batch's losses with the local graphs (one all-reduce of T numbers), so the all-reduced T x P
-    Jacobian the engine hands over is that of log L of the global batch; m is the same on every
-    rank.
+    DDP: log is non-linear in the loss values (``nonlinear_in_losses``): the engine hands
+    ``transform_losses`` the global batch's losses with the local graphs (one all-reduce of T
+    numbers), so the all-reduced T x P Jacobian is that of log L of the global batch; m is the
+    same on every rank.
     Reference: Lin et al., "Dual-Balancing for Multi-Task Learning", arXiv 2308.12029 (LibMTL
     ``DB_MTL``). There is no official SegNet-MTAN number: default scope ``all``; LibMTL's MTAN
     shares only the encoder without the attention (scope ``shared`` here).
@@ -231,7 +218,7 @@ class DBMTL(GradientWeighting):
         self.momentum = torch.zeros(0)  # T x P float32 from the first step on
 
     def transform_losses(self, losses: torch.Tensor) -> torch.Tensor:
-        return torch.log(global_values(losses) + EPS)
+        return torch.log(losses + EPS)
 
     def aggregate(self, jacobian: torch.Tensor, losses: torch.Tensor, ctx: StepContext
                   ) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -291,9 +278,9 @@ class GradNorm(GradientWeighting):
     all the scope's gradients, first-epoch L(0), equal weights in epoch one).
     AMP: the engine hands unscaled gradients and losses, and scales s.grad with the update, so
     fp16 changes nothing.
-    DDP: the engine all-reduces the T x P Jacobian; the step's loss values (which enter r) are
-    averaged over the ranks here (one all-reduce of T numbers; the same values when the engine
-    already hands global ones), so s moves identically on every rank.
+    DDP: the engine all-reduces the T x P Jacobian and (``nonlinear_in_losses``) hands the global
+    batch's loss values, which enter r (one all-reduce of T numbers), so s moves identically on
+    every rank.
     Reference: Chen, Badrinarayanan, Lee, Rabinovich, "GradNorm: Gradient Normalization for
     Adaptive Loss Balancing in Deep Multitask Networks", ICML 2018 (LibMTL ``GradNorm``). The
     paper uses the last shared layer's gradients; Aligned-MTL's code (its NYUv2 MTAN number) uses
@@ -351,7 +338,7 @@ class GradNorm(GradientWeighting):
             self._last = w.clone()
             return jacobian.sum(0), w
         norms = torch.linalg.vector_norm(jacobian, dim=1).double().to(s.device)
-        values = global_values(losses.detach().double().to(s.device))
+        values = losses.detach().double().to(s.device)
         with torch.enable_grad():
             l_grad, _ = self.grad_loss(norms, values)
             (grad,) = torch.autograd.grad(l_grad, s)
