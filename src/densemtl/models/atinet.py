@@ -110,6 +110,11 @@ class ATINet(MTANSegNet):
         self.bottleneck = TaskInteraction(tasks, self.filters[-1], width, mode, aux)
         init_segnet_(self.bottleneck)
 
+    def parameter_roles(self) -> dict[str, str]:
+        """MTAN's roles; the interaction branch is shared (its mean over tasks feeds the shared
+        decoder, so every task's loss reaches it); the auxiliary predictions are heads."""
+        return {**super().parameter_roles(), "bottleneck.aux_heads.": "head"}
+
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         out = super().forward(images)
         out.update(self.bottleneck.take_aux_outputs())

@@ -22,6 +22,7 @@ from .backbones.segnet import (FILTERS, LEVELS, SIZE_MULTIPLE, SegNet, decoder_c
                                segnet_filters)
 from .blocks import PredictionHead, Stage, check_input, init_segnet_
 from .registry import register_model
+from .scope import Representation
 
 SPLIT_VARIANTS = {
     # variant: (deepest filter count, conv units per unit)
@@ -43,12 +44,13 @@ class SplitSegNet(nn.Module):
         last, repeats = SPLIT_VARIANTS[variant]
         self.task_names = list(tasks)
         self.segnet = SegNet(segnet_filters(width, last=last), repeats=repeats)
+        self.representation = Representation()  # the shared feature every head reads
         self.heads = nn.ModuleDict({t: PredictionHead(self.segnet.out_channels, c) for t, c in tasks.items()})
         init_segnet_(self)
 
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         check_input(images, SIZE_MULTIPLE, getattr(self, "densemtl_name", "split"))
-        feature = self.segnet(images)
+        feature = self.representation(self.segnet(images))
         return {t: head(feature) for t, head in self.heads.items()}
 
 

@@ -15,6 +15,9 @@ its own soft attention masks, level by level:
 
 At width 1 with the NYUv2 tasks (13 classes, depth, normal) the model has 44,229,073 parameters,
 as the official code (without its uncertainty log-variances, which live in the weighting here).
+Shared scope: ``all`` = everything but the heads (44,117,184, Nash-MTL's definition), ``shared``
+= without the task attention masks (35,163,456, CAGrad's); representation = the per-task
+full-resolution features the heads read (the official Aligned-MTL code's MTAN representation).
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import torch.nn.functional as F
 from .backbones.segnet import LEVELS, SIZE_MULTIPLE, Encoded, Decoded, SegNet, segnet_filters
 from . import fused as _fused
 from .blocks import AttentionMask, PerTask, PredictionHead, check_input, conv_unit, init_segnet_
+from .scope import Representation
 from ..errors import UserError
 from .registry import register_model
 
@@ -87,8 +91,14 @@ class MTANSegNet(nn.Module):
             prev = c_out
 
         self.bottleneck: nn.Module = KeepShared()
+        self.representation = Representation()  # the per-task features the heads read
         self.heads = nn.ModuleDict({t: PredictionHead(f[0], c) for t, c in tasks.items()})
         init_segnet_(self)
+
+    def parameter_roles(self) -> dict[str, str]:
+        """Shared scope (models/scope.py): the task attention masks are task-specific; the shared
+        SegNet and the attention conv units f_j / g_k are shared; heads are heads."""
+        return {"encoder_attention.": "task", "decoder_attention.": "task", "heads.": "head"}
 
     def attend_encoder(self, enc: Encoded) -> list[torch.Tensor]:
         """Task-attention encoder: each task's feature a_t,4 at the bottleneck (task order)."""
@@ -119,7 +129,7 @@ class MTANSegNet(nn.Module):
         task_bottleneck = self.attend_encoder(enc)
         shared = self.bottleneck(enc.bottleneck, dict(zip(self.task_names, task_bottleneck)))
         dec = self.segnet.decode(shared, enc.indices)
-        feats = self.attend_decoder(dec, task_bottleneck)
+        feats = self.representation(self.attend_decoder(dec, task_bottleneck))
         return {t: self.heads[t](x) for t, x in zip(self.task_names, feats)}
 
 
