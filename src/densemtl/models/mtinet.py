@@ -24,6 +24,7 @@ from .attention import TaskGatedPropagation
 from .backbones.hrnet import BasicBlock, HRNet, resize_to
 from .distill import MultiModalDistillation
 from .registry import register_model
+from .scope import Representation
 
 
 def hrnet_backbone(width: float, pretrained: str | None) -> HRNet:
@@ -168,10 +169,11 @@ class HRNetSplit(nn.Module):
     def __init__(self, tasks: dict[str, int], width: float = 1.0, pretrained: str | None = None) -> None:
         super().__init__()
         self.backbone = hrnet_backbone(width, pretrained)
+        self.representation = Representation()  # the backbone's 4 scales, read by every head
         self.heads = nn.ModuleDict({t: MultiScaleHead(self.backbone.channels, out) for t, out in tasks.items()})
 
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
-        scales = self.backbone(images)
+        scales = self.representation(self.backbone(images))
         return {t: resize_to(head(scales), images.shape[-2:]) for t, head in self.heads.items()}
 
 
