@@ -44,24 +44,37 @@ def _scope(method):
     return None if cls.kind == "loss" else cls.default_scope
 
 
+def calibrate_and_freeze_batchnorm(model: nn.Module, images: torch.Tensor) -> None:
+    """BatchNorm statistics of one pass over the global batch (the same in every process), then
+    eval mode with eps = 1 (as tests/test_ddp.py: caps each layer's gain, so float noise is not
+    amplified): the stand-in for SyncBatchNorm, which torch has on GPUs only."""
+    bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None
+    with torch.no_grad():
+        model(images)
+    for m in bns:
+        m.eps = 1.0
+        m.eval()
+
+
 def run_method(method: str, images_slice: slice) -> dict:
     """STEPS steps of ``method`` on a tiny MTAN (BatchNorm frozen) on this process's part of the
     global batch; under a process group the model is wrapped in DDP as the trainer does."""
     torch.manual_seed(0)
     tasks = make_tasks(TASKS, num_classes=13)
     model = create_model("mtan", task_channels(tasks), width=0.0625).train()
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            m.eval()
+    full = synthetic_batch(4, 32, seed=5)
+    calibrate_and_freeze_batchnorm(model, full["image"])
     weighting = make_weighting(method, TASKS)
     train_model = distributed.data_parallel(model, weighting, torch.device("cpu"))
     # SGD: the step is the gradient itself (Adam would turn float noise in near-zero gradients
     # into full-size steps, hiding what this test checks)
-    optimizer = torch.optim.SGD([*model.parameters(), *weighting.parameters()], lr=0.05)
+    optimizer = torch.optim.SGD([*model.parameters(), *weighting.parameters()], lr=0.02)
     step = make_step(model=model, train_model=train_model, weighting=weighting, optimizer=optimizer,
                      scaler=speed.grad_scaler(torch.device("cpu"), "none"), tasks=tasks, device=torch.device("cpu"),
                      amp="none", channels_last=False, scope=_scope(method), model_name="mtan")
-    full = synthetic_batch(4, 32, seed=5)
     local = {k: v[images_slice] for k, v in full.items()}
     losses = []
     for i in range(1, STEPS + 1):

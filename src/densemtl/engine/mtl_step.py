@@ -84,9 +84,15 @@ def gradient_stats(gramian: torch.Tensor, names: list[str]) -> dict:
             d = float(norms[i] * norms[j])
             cos[f"{names[i]}/{names[j]}"] = float(g[i, j]) / d if d > 0 else 0.0
     stats["grad_cosine"] = cos
-    eig = torch.linalg.eigvalsh(g)
-    lo, hi = float(eig[0]), float(eig[-1])
-    stats["gramian_condition"] = hi / lo if lo > 0 and hi > 0 else None
+    scale = float(torch.diagonal(g).mean())
+    stats["gramian_condition"] = None
+    if scale > 0 and math.isfinite(scale):
+        try:
+            eig = torch.linalg.eigvalsh((g + g.T) / (2 * scale))
+        except torch.linalg.LinAlgError:  # LAPACK gave up (it has, once, on a 3 x 3): no figure this step
+            return stats
+        lo, hi = float(eig[0]), float(eig[-1])
+        stats["gramian_condition"] = hi / lo if lo > 0 and hi > 0 else None
     return stats
 
 
