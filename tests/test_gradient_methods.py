@@ -166,20 +166,48 @@ def test_mgda_matches_torchjd_times_T():
     torch.testing.assert_close(weights_of("mgda", J, scale="mean"), ref, rtol=0, atol=1e-5)
 
 
-@pytest.mark.parametrize("seed", range(5))
-def test_mgda_kkt_conditions(seed):
-    g = torch.Generator().manual_seed(seed)
-    J = torch.randn(4, 6, generator=g) + torch.tensor([1.0, 0, 0, 0, 0, 0])  # faces and interiors
-    J[seed % 4] *= 3.0
-    G = gram(J).numpy()
-    w = weights_of("mgda", J, scale="mean").numpy() if J.shape[0] <= 3 else \
-        make_weighting("mgda", [f"t{i}" for i in range(4)], scale="mean").gramian_weights(
-            gram(J), torch.ones(4, dtype=torch.float64), ctx()).numpy()
+def _mgda_weights(J: torch.Tensor) -> np.ndarray:
+    m = make_weighting("mgda", [f"t{i}" for i in range(J.shape[0])], scale="mean")
+    return m.gramian_weights(gram(J), torch.ones(J.shape[0], dtype=torch.float64), ctx()).numpy()
+
+
+def _assert_min_norm_kkt(G: np.ndarray, w: np.ndarray) -> None:
+    """w minimises w^T G w on the simplex iff (G w)_i >= w^T G w, with equality where w_i > 0."""
     assert w.min() >= 0 and w.sum() == pytest.approx(1.0)
-    value = w @ G @ w
-    # optimality on the simplex: (G w)_i >= w^T G w, with equality where w_i > 0
-    assert np.all(G @ w >= value - 1e-9 * np.trace(G))
-    assert np.allclose((G @ w)[w > 1e-9], value, atol=1e-9 * np.trace(G))
+    value, scale = w @ G @ w, np.abs(G).max()
+    assert np.all(G @ w >= value - 1e-9 * scale)
+    np.testing.assert_allclose((G @ w)[w > 1e-9], value, atol=1e-9 * scale)
+
+
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("T", [4, 13])
+def test_mgda_kkt_conditions(seed, T):
+    g = torch.Generator().manual_seed(seed)
+    J = torch.randn(T, 2 * T, generator=g) + torch.linspace(0, 1.5, 2 * T)  # optima on faces and inside
+    J[seed % T] *= 3.0
+    w = _mgda_weights(J)
+    _assert_min_norm_kkt(gram(J).numpy(), w)
+    assert 1 < (w > 1e-9).sum() < T  # the optimum on a face: the hard case for active sets
+
+
+def test_mgda_falls_back_to_projected_gradient_and_counts_only_its_failure(monkeypatch):
+    import scipy.optimize
+
+    from densemtl.weighting import solvers
+
+    def fail(*a, **k):
+        raise RuntimeError("Maximum number of iterations reached.")
+
+    J = jac3()
+    monkeypatch.setattr(scipy.optimize, "nnls", fail)
+    c = ctx()
+    w = make_weighting("mgda", TASKS3, scale="mean").gramian_weights(gram(J), ONES3, c)
+    assert c.stats == {}
+    _assert_min_norm_kkt(gram(J).numpy(), w.numpy())
+    monkeypatch.setattr(solvers, "_min_norm_projected_gradient", lambda G, n, tol: (np.array([0.5, 0.25, 0.25]), False))
+    c = ctx()
+    w = make_weighting("mgda", TASKS3).gramian_weights(gram(J), ONES3, c)
+    assert c.stats == {"solver_failures": 1.0} and w.tolist() == [1.5, 0.75, 0.75]  # its last iterate, x T
 
 
 def test_mgda_zero_in_the_hull_gives_a_zero_update():
@@ -425,12 +453,18 @@ def test_nash_mtl_two_tasks_is_the_sum_of_normalised_gradients_up_to_scale():
     np.testing.assert_allclose(alpha.numpy(), expected, rtol=1e-3)
 
 
-@pytest.mark.parametrize("s", [1e-3, 10.0])
-def test_nash_mtl_alpha_scales_as_one_over_s(s):
+@pytest.mark.parametrize("s", [1e-5, 1e-3, 10.0, 1e3])
+@pytest.mark.parametrize("niter", [1, 20])
+def test_nash_mtl_alpha_scales_as_one_over_s(s, niter):
     J = jac3()
-    a1 = weights_of("nash_mtl", J)
-    a_s = weights_of("nash_mtl", J * s)
-    torch.testing.assert_close(a_s * s, a1, rtol=2e-3, atol=0)
+    m1, m_s = (make_weighting("nash_mtl", TASKS3, optim_niter=niter) for _ in range(2))
+    J2 = J + 0.5 * torch.randn(J.shape, generator=torch.Generator().manual_seed(2))
+    for step_J in (J, J2):  # two steps: the second warm-starts from the first's alpha
+        a1 = m1.gramian_weights(gram(step_J), ONES3, ctx())
+        c = ctx()
+        a_s = m_s.gramian_weights(gram(step_J * s), ONES3, c)
+        assert c.stats == {}
+        torch.testing.assert_close(a_s * s, a1, rtol=2e-4, atol=0)  # Clarabel's accuracy
 
 
 def test_nash_mtl_state_dict_resumes_exactly_and_reuses_weights():
@@ -466,7 +500,8 @@ def test_nash_mtl_solver_failure_keeps_the_previous_alpha(monkeypatch):
     assert c.stats == {"solver_failures": 1.0}
     c = ctx()
     first = make_weighting("nash_mtl", TASKS3).gramian_weights(gram(J), ONES3, c)
-    assert first.tolist() == [1.0, 1.0, 1.0] and c.stats == {"solver_failures": 1.0}
+    assert c.stats == {"solver_failures": 1.0}  # the first step keeps its start, beta = 1
+    torch.testing.assert_close(first, torch.ones(3, dtype=torch.float64) / gram(J).norm().sqrt())
 
 
 # ------------------------------------------------------------------------------------------------

@@ -14,6 +14,7 @@ Sener's MGDA). The two differ by the factor T.
 
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 import numpy as np
@@ -59,10 +60,11 @@ class MGDA(GradientWeighting):
 
     w = argmin_{w in simplex} || sum_t w_t g_t ||^2 (on the gradients divided by Sener's
     normalisers n_t when ``normalization`` is not "none"); update = k sum_t w_t g_t with k = T
-    (``scale="sum"``) or 1 (``"mean"``). Solved exactly: closed form for T = 2, every face of
-    the simplex for 3 <= T <= 12 (projected gradient descent beyond; a run that does not
-    converge counts a solver failure and uses its last iterate). The official solver stops at
-    gamma = 0.001 / 0.999 on the simplex's edges; this one does not.
+    (``scale="sum"``) or 1 (``"mean"``). Solved exactly: closed form for T = 2, an equivalent
+    non-negative least-squares problem (scipy's active-set NNLS) for T >= 3
+    (:func:`.solvers.min_norm_simplex`; if NNLS fails, projected gradient descent, and a
+    failure is counted only if that does not converge, its last iterate then used). The
+    official solver stops at gamma = 0.001 / 0.999 on the simplex's edges; this one does not.
 
     Options: scale = "sum" (weights sum to T: the code of the published NYUv2/MTAN number,
     CAGrad's ``mgd``, multiplies Sener's simplex weights by 3 "to match the sum loss", as does
@@ -95,8 +97,11 @@ class MGDA(GradientWeighting):
 
     def _normalisers(self, G: torch.Tensor, losses: torch.Tensor) -> torch.Tensor:
         norms = torch.sqrt(torch.clamp(torch.diagonal(G), min=0))
-        losses = losses.to(G)
-        n = {"none": torch.ones_like(norms), "l2": norms, "loss": losses, "loss+": losses * norms}[self.normalization]
+        if self.normalization in ("none", "l2"):
+            n = norms if self.normalization == "l2" else torch.ones_like(norms)
+        else:
+            losses = losses.to(G)
+            n = losses if self.normalization == "loss" else losses * norms
         # a zero or non-finite normaliser (a zero gradient, a zero loss) leaves that task as it is
         return torch.where(torch.isfinite(n) & (n > 0), n, torch.ones_like(n))
 
@@ -401,25 +406,32 @@ class NashMTL(GradientWeighting):
     """Nash-MTL: the Nash bargaining solution of the tasks, alpha > 0 with G alpha = 1/alpha.
 
     alpha solves (G alpha)_t = 1 / alpha_t (G the Gramian), found as the official code does:
-    up to ``optim_niter`` concave-convex steps, each a convex problem solved by cvxpy (Clarabel
-    here, ECOS there) on the Frobenius-normalised Gramian, warm-started at the previous step's
-    alpha (:func:`.solvers.nash_ccp`); recomputed every ``update_weights_every`` steps and
-    reused in between. Update = sum_t alpha_t g_t, scaled down to norm ``max_norm`` when it is
-    longer: the official code clips the shared parameters' gradient (``clip_grad_norm_``,
-    coefficient max_norm / (norm + 1e-6)), which here is part of the update of the scope; since
-    ||sum alpha_t g_t||^2 = T at the solution, the clip to 1 is active at every step. The heads
-    get sum_t alpha_t dL_t, unclipped (official: ``sum alpha_t L_t`` back-propagated, clip on
-    the shared parameters only); ``weights()`` logs alpha. Failure (the solver raises or returns
-    no solution): counted, and the current iterate (the previous step's alpha on the first
-    solve) is kept, as the official code does. State (alpha, step counter) is in buffers.
+    up to ``optim_niter`` concave-convex steps (the paper's Eq. 5), each a convex problem solved
+    by cvxpy (Clarabel here, ECOS there), from the previous step's alpha
+    (:func:`.solvers.nash_ccp`); recomputed every ``update_weights_every`` steps and reused in
+    between. Deviation: the steps are solved for beta = sqrt(n) alpha on G / n (n = ||G||_F),
+    i.e. the official problem for gradients rescaled to ||G||_F = 1, then alpha = beta /
+    sqrt(n). The official code keeps n in the objective, so its iterates (not the solution of
+    G alpha = 1/alpha) depend on the units of the losses, and with Clarabel its problem failed on
+    small gradients (norms ~1e-3) that this one solves. Update = sum_t alpha_t g_t, scaled down
+    to norm ``max_norm`` when longer: the official code clips the shared parameters' gradient
+    (``clip_grad_norm_``, coefficient max_norm / (norm + 1e-6)), here part of the update of the
+    scope; since ||sum alpha_t g_t||^2 = T at the solution, the clip to 1 acts at every step.
+    The heads get sum_t alpha_t dL_t, unclipped (official: ``sum alpha_t L_t`` back-propagated,
+    the clip on the shared parameters only); ``weights()`` logs alpha. Failure (the solver raises
+    or finds the sub-problem infeasible or unbounded): counted, and the current iterate (the
+    previous step's alpha on the first solve) is kept, as the official code does. The first
+    step starts at beta = 1 (the official alpha = 1, for the rescaled gradients). State (alpha,
+    step counter) is in buffers.
 
     Options: optim_niter = 20, max_norm = 1.0 (0 disables the clip), update_weights_every = 1
     (all as the official code and every library).
 
     Scale: official; TorchJD's ``NashMTL`` instead rescales alpha so that ||alpha^T J|| <=
     max_norm (same direction and norm for the update, but its heads' weights are rescaled too).
-    alpha scales as 1/s when the gradients are multiplied by s; at scope representation there is
-    no parameter update to clip, and the weights alpha are applied unclipped.
+    alpha scales exactly as 1/s when the gradients are multiplied by s (at every step, not only
+    at convergence); at scope representation there is no parameter update to clip, and the
+    weights alpha are applied unclipped.
 
     AMP: alpha depends on the gradients' scale (1/s), so it needs the unscaled gradients the
     engine hands it; the clip acts on the unscaled update, as the standard AMP recipe clips
@@ -461,11 +473,15 @@ class NashMTL(GradientWeighting):
             else:
                 if self._problem is None or self._problem.T != len(self.task_names):
                     self._problem = solvers.NashProblem(len(self.task_names))
-                alpha, failures = solvers.nash_ccp(self._problem, _numpy(G) / frobenius, s * frobenius,
-                                                   _numpy(self.alpha), self.optim_niter)
+                # scale-free variable beta = sqrt(nf) alpha (nf = ||G||_F of the raw Gramian): the
+                # official problem with nf = 1 on the normalised Gramian; alpha = beta / sqrt(nf)
+                root = math.sqrt(s * frobenius)
+                start = np.ones(len(self.task_names)) if step == 0 else _numpy(self.alpha) * root
+                beta, failures = solvers.nash_ccp(self._problem, _numpy(G) / frobenius, 1.0, start,
+                                                  self.optim_niter)
                 if failures:
                     ctx.count("solver_failures", failures)
-                self.alpha.copy_(torch.as_tensor(alpha, dtype=torch.float64))
+                self.alpha.copy_(torch.as_tensor(beta / root, dtype=torch.float64))
         return self.alpha.detach().clone().to(gramian.device)
 
     def aggregate(self, jacobian: torch.Tensor, losses: torch.Tensor, ctx: StepContext

@@ -12,17 +12,11 @@ the failure and does what its reference code does.
 
 from __future__ import annotations
 
-import itertools
 import warnings
 
 import numpy as np
 
 from .base import SolverFailure
-
-#: the largest T for which the min-norm problem is solved by enumerating the simplex's faces
-#: (2^T - 1 small linear systems); larger T use projected gradient descent to a tight tolerance
-ENUMERATE_MAX_TASKS = 12
-
 
 # --------------------------------------------------------------------------------------------
 # the simplex
@@ -48,32 +42,19 @@ def min_norm_two(g11: float, g12: float, g22: float) -> float:
     return float(min(1.0, max(0.0, (g22 - g12) / denominator)))
 
 
-def _face_minimiser(G: np.ndarray, face: tuple[int, ...]) -> np.ndarray | None:
-    """The minimiser of w^T G w on the affine hull {sum w = 1} of a face, from its KKT system
-    [[G_S, -1], [1^T, 0]] [w; nu] = [0; 1]; None when it lies outside the face."""
-    n = len(face)
-    sub = G[np.ix_(face, face)]
-    kkt = np.zeros((n + 1, n + 1))
-    kkt[:n, :n] = sub
-    kkt[:n, n] = -1.0
-    kkt[n, :n] = 1.0
-    rhs = np.zeros(n + 1)
-    rhs[n] = 1.0
-    sol = np.linalg.lstsq(kkt, rhs, rcond=None)[0]
-    w = sol[:n]
-    if not np.all(np.isfinite(w)) or np.min(w) < -1e-10 or abs(np.sum(w) - 1.0) > 1e-8:
-        return None
-    return w
-
-
 def min_norm_simplex(G: np.ndarray, max_iter: int = 100_000, tol: float = 1e-13) -> tuple[np.ndarray, bool]:
     """The exact minimiser of w^T G w over the simplex (MGDA's min-norm element of the convex hull
     of the gradients), for a PSD ``G``. Returns (w, converged).
 
-    T = 2: closed form. 3 <= T <= :data:`ENUMERATE_MAX_TASKS`: every face of the simplex, the
-    minimiser of the quadratic on its affine hull (a KKT linear system), the best one that lies in
-    its face; the optimum lies in the relative interior of some face, where it minimises over the
-    face's affine hull, so this is exact. Larger T: accelerated projected gradient descent."""
+    T = 2: closed form. T >= 3: with R^T R = G, the non-negative least-squares problem
+    min_{x >= 0} ||R x||^2 + (sum x - 1)^2 (the distance from (0, 1) to the cone of the points
+    (g_t, 1)) has the solution x = w / (1 + w^T G w) with w the min-norm weights: for x = s w,
+    w in the simplex, the best s gives w^T G w / (1 + w^T G w), increasing in w^T G w. scipy's
+    Lawson-Hanson NNLS solves it exactly (an active-set method); if it fails, accelerated
+    projected gradient descent on the simplex to ``tol`` (``converged`` False if it does not
+    get there)."""
+    from scipy.optimize import nnls
+
     G = np.asarray(G, dtype=np.float64)
     T = G.shape[0]
     if T == 1:
@@ -81,21 +62,15 @@ def min_norm_simplex(G: np.ndarray, max_iter: int = 100_000, tol: float = 1e-13)
     if T == 2:
         gamma = min_norm_two(G[0, 0], G[0, 1], G[1, 1])
         return np.array([gamma, 1.0 - gamma]), True
-    if T <= ENUMERATE_MAX_TASKS:
-        best, best_value = None, np.inf
-        for size in range(1, T + 1):
-            for face in itertools.combinations(range(T), size):
-                w_face = _face_minimiser(G, face)
-                if w_face is None:
-                    continue
-                w = np.zeros(T)
-                w[list(face)] = np.maximum(w_face, 0.0)
-                w /= w.sum()
-                value = float(w @ G @ w)
-                if value < best_value - 1e-15 * max(1.0, abs(best_value)):
-                    best, best_value = w, value
-        if best is not None:
-            return best, True
+    A = np.vstack([_psd_factor((G + G.T) / 2), np.ones((1, T))])
+    b = np.zeros(T + 1)
+    b[T] = 1.0
+    try:
+        x, _ = nnls(A, b, maxiter=50 * T)
+    except (RuntimeError, ValueError):
+        x = np.zeros(T)
+    if np.all(np.isfinite(x)) and x.sum() > 0:
+        return x / x.sum(), True
     return _min_norm_projected_gradient(G, max_iter, tol)
 
 
