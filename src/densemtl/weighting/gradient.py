@@ -125,9 +125,10 @@ class MGDAUB(MGDA):
 
     w = argmin_{w in simplex} || sum_t w_t z_t ||^2 with z_t = dL_t/dz the gradient of task t's
     loss with respect to the features the heads read; then one backward of k sum_t w_t L_t
-    through the whole network (k = 1 for ``scale="mean"``, T for "sum"). The solver is MGDA's
-    (exact). Sener & Koltun's upper bound: the representation gradients bound the shared
-    parameters' min-norm problem, at the cost of one backward through the encoder.
+    through the whole network (k = 1 for ``scale="mean"``, T for "sum"), so the heads get the
+    weighted gradients too, as in the official code. The solver is MGDA's (exact). Sener &
+    Koltun's upper-bound approximation: the min-norm problem on the feature gradients bounds
+    the shared parameters' one, and needs one backward through the encoder instead of T.
 
     Options: scale = "mean" (the official code backpropagates sum_t w_t L_t with simplex
     weights, as does Aligned-MTL's ``mgdaub``) or "sum"; normalization as MGDA ("none").
@@ -294,6 +295,8 @@ class IMTL(IMTLG):
     ``loss_scale``, trained by the run's optimiser with the gradients of the L'_t); the per-task
     gradients are those of L'_t; alpha = IMTL-G(Gramian of the dL'_t) and the update is
     sum_t alpha_t dL'_t. The heads get the plain sum of the dL'_t (LibMTL's per-task backward).
+    The s_t get e^{s_t} L_t - 1 at parameter scopes, as in LibMTL; at scope representation the
+    engine's one backward of sum_t alpha_t L'_t gives them alpha_t (e^{s_t} L_t - 1) instead.
 
     Options: none.
 
@@ -344,9 +347,9 @@ class CAGrad(GradientWeighting):
     last iterate, projected onto the simplex, is used, as the official code uses ``res.x``
     whatever the status (a non-finite iterate: the starting point w = 1/T).
 
-    Options: c = 0.4 (the paper's and CAGrad's ``run.sh`` value for NYUv2; 0.2 or 0.4 for
-    CityScapes), rescale = 1 (official nyuv2 code), scale = "sum" (official: x T "to match the
-    sum loss") or "mean".
+    Options: c = 0.4 (NYUv2 in the paper and the official ``run.sh``; CityScapes: 0.2 in the
+    paper's text, 0.4 in its appendix and ``run.sh``), rescale = 1 (official nyuv2 code),
+    scale = "sum" (official: x T "to match the sum loss") or "mean".
 
     Scale: the default (rescale 1, "sum") is T / (1 + c^2) x TorchJD's ``CAGrad`` (2.586 for
     T = 3, c = 0.4); rescale 0 with "mean" equals TorchJD (and Aligned-MTL's ``cagrad``).
@@ -412,8 +415,9 @@ class NashMTL(GradientWeighting):
     between. Deviation: the steps are solved for beta = sqrt(n) alpha on G / n (n = ||G||_F),
     i.e. the official problem for gradients rescaled to ||G||_F = 1, then alpha = beta /
     sqrt(n). The official code keeps n in the objective, so its iterates (not the solution of
-    G alpha = 1/alpha) depend on the units of the losses, and with Clarabel its problem failed on
-    small gradients (norms ~1e-3) that this one solves. Update = sum_t alpha_t g_t, scaled down
+    G alpha = 1/alpha) depend on the units of the losses, and with Clarabel its problem fails on
+    small gradients (most random 3-task cases at task-gradient norms of 1e-3 and below; this
+    one solved them all). Update = sum_t alpha_t g_t, scaled down
     to norm ``max_norm`` when longer: the official code clips the shared parameters' gradient
     (``clip_grad_norm_``, coefficient max_norm / (norm + 1e-6)), here part of the update of the
     scope; since ||sum alpha_t g_t||^2 = T at the solution, the clip to 1 acts at every step.
