@@ -15,7 +15,16 @@ from .base import Weighting, register_weighting
 
 @register_weighting("equal")
 class Equal(Weighting):
-    """L = sum_k L_k."""
+    """Equal weighting (linear scalarisation): L = sum_k L_k.
+
+    Options: none.
+    Scale: the sum, as MTAN's, Nash-MTL's and LibMTL's code (TorchJD's ``Mean`` is 1/T of it).
+    AMP: linear in the losses; the scaler scales the total.
+    DDP: plain DDP (linear in the losses).
+    Reference: the baseline of every multi-task paper ("LS" in Nash-MTL's tables).
+    """
+
+    paper = "linear scalarisation (LS)"
 
     def _combine(self, losses: torch.Tensor) -> torch.Tensor:
         return losses.sum()
@@ -39,8 +48,14 @@ class LambdaWeighting(Weighting):
 
 @register_weighting("fixed")
 class Fixed(LambdaWeighting):
-    """L = sum_k w_k L_k with constant weights: ``weights={task: w_k}``; a task it does not name
-    keeps weight 1. SCA-MTL's official NYUD configs use ``{semantic: 1.44, depth: 1.15}``."""
+    """Fixed weights: L = sum_k w_k L_k with constant ``weights={task: w_k}``.
+
+    Options: ``weights``; a task it does not name keeps weight 1. SCA-MTL's official NYUD
+    configs use ``{semantic: 1.44, depth: 1.15}``.
+    AMP, DDP: linear in the losses (plain DDP; the scaler scales the total).
+    """
+
+    paper = "hand-set weights (e.g. SCA-MTL's official configs)"
 
     def __init__(self, task_names: Sequence[str], weights: Mapping[str, float] | None = None) -> None:
         super().__init__(task_names)
@@ -62,9 +77,17 @@ class Fixed(LambdaWeighting):
 
 @register_weighting("uncertainty")
 class Uncertainty(Weighting):
-    """Homoscedastic uncertainty (Kendall et al. 2018), in MTAN's form:
-    L = sum_k L_k / (2 exp(s_k)) + s_k / 2, with learned s_k = log sigma_k^2 initialised to
-    ``init`` (-0.5). The s_k are this module's parameters, so they join the optimiser."""
+    """Homoscedastic uncertainty weighting, in MTAN's form: L = sum_k L_k / (2 exp(s_k)) + s_k / 2.
+
+    The s_k = log sigma_k^2 are learned (this module's parameters join the optimiser),
+    initialised to ``init``.
+    Options: ``init`` (-0.5, MTAN's code; Nash-MTL's code writes 0.5 (e^{-s} L + s) with s = 0).
+    AMP: the method sees the unscaled losses (the scaler scales the total).
+    DDP: linear in the losses; DDP averages the gradients of model and s_k.
+    Reference: Kendall, Gal, Cipolla, CVPR 2018.
+    """
+
+    paper = "Kendall, Gal, Cipolla, CVPR 2018"
 
     def __init__(self, task_names: Sequence[str], init: float = -0.5) -> None:
         super().__init__(task_names)
@@ -80,7 +103,7 @@ class Uncertainty(Weighting):
 
 @register_weighting("dwa")
 class DWA(LambdaWeighting):
-    """Dynamic Weight Average (MTAN, Liu et al. 2019).
+    """Dynamic Weight Average: weights from the ratio of the last two epochs' losses.
 
     lambda_k = 1 in the first two epochs; afterwards w_k = Lbar_k(t-1) / Lbar_k(t-2) from the
     epoch-average unweighted training losses and lambda_k = K softmax_k(w / T). The weights
