@@ -207,3 +207,26 @@ def test_gradient_stats_by_hand():
     j = torch.tensor([[1.0, 0.0], [1.0, 1.0]])
     stats = mtl_step.gradient_stats(j @ j.T, ["a", "b"])
     assert stats["grad_cosine"]["a/b"] == pytest.approx(2 ** -0.5)
+
+
+def test_representation_step_gives_the_method_parameters_their_plain_gradient():
+    """A method's own parameters (IMTL-L's s in e^s L - s) get d(e^s L - s)/ds = e^s L - 1 at the
+    representation scope too, not w_t times it (the network gets the weighted gradient)."""
+
+    class Scaled(Spy):
+        def __init__(self, task_names):
+            super().__init__(task_names)
+            self.s = torch.nn.Parameter(torch.tensor([0.1, -0.2, 0.3]))
+
+        def transform_losses(self, losses):
+            return torch.exp(self.s) * losses - self.s
+
+    register_weighting("_spy_scaled")(Scaled)
+    try:
+        _, weighting, _, result = grads_after("smooth", "_spy_scaled", "representation")
+    finally:
+        wbase._REGISTRY.pop("_spy_scaled")
+    s0 = torch.tensor([0.1, -0.2, 0.3])
+    want = torch.exp(s0) * result["losses"].float() - 1
+    # SGD moved s by lr * grad: recover the gradient from the step
+    torch.testing.assert_close((s0 - weighting.s.detach()) / 0.1, want, rtol=1e-4, atol=1e-6)

@@ -299,8 +299,16 @@ class RepresentationStep(GradientStep):
             w._last = weights.detach().clone()
         else:
             weights = torch.ones(len(self.names), dtype=torch.float64)
+        # the method's own parameters (IMTL-L's s) get the plain gradient of their losses, as at
+        # the parameter scopes; the network gets sum_t w_t grad L_t from one ordinary backward
+        own = [p for p in w.parameters() if p.requires_grad]
+        own_grads = torch.autograd.grad(scaled.sum(), own, retain_graph=True, allow_unused=True) if own else ()
         total = (weights.to(fed.device, fed.dtype) * fed).sum()
-        speed.backward_and_step(total, self.optimizer, self.scaler)
+        self.scaler.scale(total).backward()
+        for p, g in zip(own, own_grads):
+            p.grad = None if g is None else distributed.all_reduce_mean_(g.clone())
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
         return {"losses": losses.detach().double(), "weights": weights.detach().double().cpu(), "stats": stats}
 
 
