@@ -114,6 +114,11 @@ class DenseSegNet(nn.Module):
         self.heads = nn.ModuleDict({t: PredictionHead(f[0], c) for t, c in tasks.items()})
         init_segnet_(self)
 
+    def parameter_roles(self) -> dict[str, str]:
+        """Shared scope: each task's SegNet branch is task-specific (it feeds that task's head
+        only); the shared SegNet is shared."""
+        return {"branches.": "task", "heads.": "head"}
+
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         check_input(images, SIZE_MULTIPLE, getattr(self, "densemtl_name", "dense"))
         enc = self.shared.encode(images)

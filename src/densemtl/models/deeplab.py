@@ -107,6 +107,11 @@ class MTANDeepLab(nn.Module):
         if pretrained:
             load_torchvision_resnet50(self.backbone, pretrained)
 
+    def parameter_roles(self) -> dict[str, str]:
+        """Shared scope: the task attention masks are task-specific (as MTAN-SegNet's); the
+        ResNet trunk and the shared bottlenecks are shared; the DeepLab heads are heads."""
+        return {"encoder_attention.": "task", "heads.": "head"}
+
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         check_input(images, SIZE_MULTIPLE, getattr(self, "densemtl_name", "mtan_deeplab"))
         x = self.backbone.stem(images)

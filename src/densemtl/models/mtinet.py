@@ -117,6 +117,13 @@ class CoarseToFineNet(nn.Module):
         self.heads = heads
         self.propagate_interacted = propagate_interacted
 
+    def parameter_roles(self) -> dict[str, str]:
+        """Shared scope: the per-scale prediction convolutions (deep supervision) are heads;
+        everything else mixes the tasks (distillation, propagation) and is shared."""
+        roles = {"heads.": "head"}
+        roles.update({f"predict.{k}.predict.": "head" for k in range(len(self.predict))})
+        return roles
+
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         scales = self.backbone(images)
         if self.context is not None:

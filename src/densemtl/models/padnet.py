@@ -46,6 +46,12 @@ class PADNet(nn.Module):
             t: nn.Sequential(_bottlenecks(4 * mid, mid), nn.Conv2d(4 * mid, out, 1)) for t, out in tasks.items()
         })
 
+    def parameter_roles(self) -> dict[str, str]:
+        """Shared scope: the initial per-task features are shared (distillation passes them to
+        every task); the initial predictions (deep supervision) are heads; each distillation
+        message writes into one target task, so it is task-specific."""
+        return {"initial_predict.": "head", "distill.": "task", "heads.": "head"}
+
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         shared = self.fusion(self.backbone(images))
         features = {t: block(shared) for t, block in self.initial.items()}
@@ -77,6 +83,11 @@ class PADNetSegNet(nn.Module):
         self.distill = MultiModalDistillation(list(tasks), filters[0], bias=True)
         self.heads = nn.ModuleDict({t: PredictionHead(filters[0], out) for t, out in tasks.items()})
         init_segnet_(self)
+
+    def parameter_roles(self) -> dict[str, str]:
+        """Shared scope: the per-task decoders are shared (distillation passes them to every
+        task); each distillation message writes into one target task (task-specific)."""
+        return {"distill.": "task", "heads.": "head"}
 
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         check_input(images, SIZE_MULTIPLE, getattr(self, "densemtl_name", "padnet_segnet"))
