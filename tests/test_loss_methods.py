@@ -51,16 +51,6 @@ def test_flags_the_engine_reads(name, nonlinear, reforward, random, has_params):
     assert w.paper
 
 
-@pytest.mark.parametrize("name", METHODS)
-def test_docstring_has_the_sections_of_the_docs_page(name):
-    doc = inspect.getdoc(weighting_class(name))
-    first, rest = doc.split("\n", 1)
-    assert first.endswith(".") and rest.startswith("\n"), "one summary line, then a blank line"
-    heads = [line.split(":")[0] for line in doc.splitlines() if line.split(":")[0] in
-             ("Options", "Scale", "AMP", "DDP", "Reference")]
-    assert heads == ["Options", "Scale", "AMP", "DDP", "Reference"], heads
-
-
 # ----------------------------------------------------------------------------- RLW
 
 def test_rlw_draws_softmax_of_standard_normals_from_the_step_generator():

@@ -48,16 +48,6 @@ def test_attributes_the_engine_reads(name, scope, weights_only, random):
     assert cls.paper
 
 
-@pytest.mark.parametrize("name", METHODS)
-def test_docstring_has_the_sections_of_the_docs_page(name):
-    doc = inspect.getdoc(weighting_class(name))
-    first, rest = doc.split("\n", 1)
-    assert first.endswith(".") and rest.startswith("\n"), "one summary line, then a blank line"
-    heads = [line.split(":")[0] for line in doc.splitlines() if line.split(":")[0] in
-             ("Options", "Scale", "AMP", "DDP", "Reference")]
-    assert heads == ["Options", "Scale", "AMP", "DDP", "Reference"], heads
-
-
 @pytest.mark.parametrize("name", ["graddrop", "db_mtl", "gradnorm"])
 def test_methods_that_need_the_parameter_jacobian_refuse_scope_representation(name):
     tasks = make_tasks(list(TASKS), num_classes=13)

@@ -196,3 +196,17 @@ def test_docs_page_is_generated_from_the_registry():
 
     page = Path(__file__).resolve().parents[1] / "docs" / "weightings.md"
     assert page.read_text() == markdown(), "run: densemtl weightings --markdown > docs/weightings.md"
+
+
+@pytest.mark.parametrize("name", [n for n in list_weightings() if not n.startswith("_")])
+def test_docstring_has_the_sections_of_the_docs_page(name):
+    import inspect
+
+    from densemtl.weighting import weighting_class
+
+    doc = inspect.getdoc(weighting_class(name))
+    first, rest = doc.split("\n", 1)
+    assert first.endswith(".") and rest.startswith("\n"), "one summary line, then a blank line"
+    heads = [line.split(":")[0] for line in doc.splitlines() if line.split(":")[0] in
+             ("Options", "Scale", "AMP", "DDP", "Reference")]
+    assert heads == ["Options", "Scale", "AMP", "DDP", "Reference"], heads

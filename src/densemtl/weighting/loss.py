@@ -52,7 +52,10 @@ class Fixed(LambdaWeighting):
 
     Options: ``weights``; a task it does not name keeps weight 1. SCA-MTL's official NYUD
     configs use ``{semantic: 1.44, depth: 1.15}``.
-    AMP, DDP: linear in the losses (plain DDP; the scaler scales the total).
+    Scale: the weighted sum.
+    AMP: linear in the losses; the scaler scales the total.
+    DDP: plain DDP (linear in the losses).
+    Reference: SCA-MTL's official configs (Kim, Choi, Min, ICIP 2022) for the NYUD weights.
     """
 
     paper = "hand-set weights (e.g. SCA-MTL's official configs)"
@@ -82,6 +85,7 @@ class Uncertainty(Weighting):
     The s_k = log sigma_k^2 are learned (this module's parameters join the optimiser),
     initialised to ``init``.
     Options: ``init`` (-0.5, MTAN's code; Nash-MTL's code writes 0.5 (e^{-s} L + s) with s = 0).
+    Scale: MTAN's form (LibMTL's L/(2e^s) + s/2 is the same; Nash-MTL's 0.5(e^{-s}L + s) too).
     AMP: the method sees the unscaled losses (the scaler scales the total).
     DDP: linear in the losses; DDP averages the gradients of model and s_k.
     Reference: Kendall, Gal, Cipolla, CVPR 2018.
@@ -109,7 +113,17 @@ class DWA(LambdaWeighting):
     epoch-average unweighted training losses and lambda_k = K softmax_k(w / T). The weights
     are fixed within an epoch. The last two epochs' losses, the epoch count and the current
     weights are buffers, so ``state_dict`` resumes the schedule exactly.
+
+    Options: ``T`` (temperature, 2.0). Nash-MTL's code has a per-iteration variant (windows of 25
+    iterations); this is MTAN's per-epoch one.
+    Scale: the weights sum to K (MTAN's code; Nash-MTL's variant returns the mean instead).
+    AMP: the method sees the unscaled epoch losses.
+    DDP: the epoch losses are averaged over the ranks before ``epoch_end``.
+    Reference: Liu, Johns, Davison, CVPR 2019 (MTAN).
     """
+
+    paper = "Liu, Johns, Davison, CVPR 2019"
+    needs = "the epoch-mean task losses"
 
     def __init__(self, task_names: Sequence[str], T: float = 2.0) -> None:
         super().__init__(task_names)
