@@ -154,9 +154,19 @@ class LossStep(TrainStep):
         return {"losses": losses.detach().double(), "weights": weights, "stats": {}}
 
 
-def _flat(grads, params, dtype=torch.float32) -> torch.Tensor:
-    return torch.cat([(g if g is not None else torch.zeros_like(p)).reshape(-1).to(dtype)
-                      for g, p in zip(grads, params)]) if params else torch.zeros(0)
+def _flat(grads, params, dtype=torch.float32, out: torch.Tensor | None = None) -> torch.Tensor:
+    """The gradients (None: zeros) as one flat vector, written into ``out`` when given."""
+    if not params:
+        return torch.zeros(0) if out is None else out
+    parts = [(g if g is not None else torch.zeros_like(p)).reshape(-1).to(dtype) for g, p in zip(grads, params)]
+    return torch.cat(parts) if out is None else torch.cat(parts, out=out)
+
+
+def _finite(*tensors: torch.Tensor) -> bool:
+    """All entries finite, tested through their sums (a NaN or inf anywhere makes the sum
+    non-finite; a sum that overflows marks gradients too large to use): one pass, no T x P
+    boolean mask (``isfinite(J).all()`` took 0.4 s a step on MTAN at width 1)."""
+    return all(math.isfinite(float(t.sum())) for t in tensors)
 
 
 def _write(vector: torch.Tensor, params: list[nn.Parameter]) -> None:
@@ -220,7 +230,7 @@ class ParameterStep(GradientStep):
         n1, n2 = len(self.shared), len(self.shared) + len(self.others)
         for t in range(T):
             grads = torch.autograd.grad(scaled[t], inputs, retain_graph=t < T - 1, allow_unused=True)
-            jac[t] = _flat(grads[:n1], self.shared)
+            _flat(grads[:n1], self.shared, out=jac[t])
             other_rows[t if weighted else 0] += _flat(grads[n1:n2], self.others)
             own += _flat(grads[n2:], self.own)
         if s != 1.0:
@@ -230,8 +240,8 @@ class ParameterStep(GradientStep):
             distributed.all_reduce_mean_(m)
         stats: dict = {}
         weights = None
-        if bool(torch.isfinite(jac).all()) and bool(torch.isfinite(other_rows).all()):
-            gramian = jac @ jac.T
+        gramian = jac @ jac.T  # float32; non-finite when any gradient is (or overflows)
+        if _finite(gramian, other_rows, own):
             ctx.gramian = gramian
             stats = gradient_stats(gramian, self.names)
             if self.own:
@@ -243,8 +253,8 @@ class ParameterStep(GradientStep):
                 others = other_rows.sum(0)
         else:  # fp16 overflow: the scaler sees the non-finite gradient and skips the step
             update, others = jac.sum(0), other_rows.sum(0)
-        _write(update * s, self.shared)
-        _write(others * s, self.others)
+        _write(update * s if s != 1.0 else update, self.shared)
+        _write(others * s if s != 1.0 else others, self.others)
         if s != 1.0:
             for p in self.own:
                 if p.grad is not None:
@@ -292,7 +302,7 @@ class RepresentationStep(GradientStep):
         if distributed.world_size() > 1:
             gramian = distributed.all_reduce_sum(gramian) / distributed.world_size() ** 2
         stats: dict = {}
-        if bool(torch.isfinite(gramian).all()):
+        if _finite(gramian):
             ctx.gramian = gramian
             stats = gradient_stats(gramian, self.names)
             weights = w.gramian_weights(gramian.double(), losses.detach().double(), ctx)
