@@ -328,7 +328,7 @@ def test_delta_m_errors_name_missing_metrics():
         delta_m(MODEL, {"semantic": BASE["semantic"]}, TASKS)
     with pytest.raises(UserError, match="results lack metric.*depth.abs_err"):
         delta_m({"semantic": MODEL["semantic"]}, BASE, TASKS)
-    with pytest.raises(UserError, match="all, primary"):
+    with pytest.raises(UserError, match="all, literature, primary"):
         delta_m(MODEL, BASE, TASKS, "some")
     with pytest.raises(UserError, match="non-zero"):
         delta_m(MODEL, {**BASE, "semantic": {"miou": 0.0}}, TASKS)

@@ -4,7 +4,9 @@ Trains every multi-task model under every loss weighting for every seed, plus th
 baselines once per task and seed, then tabulates them as the MTAN paper does (Liu et al. 2019,
 Tables 2 and 3): parameters relative to one single-task network, GFLOPs, every metric of the
 dataset as mean ± std over seeds, and Δm (SPEC 3) against the single-task runs of the same seed,
-in both variants (one metric per task, all metrics)::
+in both variants (one metric per task, all metrics), plus the literature Δm against the published
+single-task constants (:data:`densemtl.metrics.LITERATURE_BASELINES`; lower is better, as in the
+papers) where the data is nyuv2 or cityscapes with the published tasks and classes, "n/a" otherwise::
 
     OUT/
       runs/<model>-<weighting>-s<seed>/   one run folder per multi-task run (densemtl train layout)
@@ -39,7 +41,7 @@ from .engine import build
 from .engine.config import TrainConfig, format_size, load_config, to_dict
 from .engine.runfolder import RunFolder
 from .errors import UserError, unknown_name
-from .metrics import DELTA_VARIANTS, delta_m
+from .metrics import DELTA_VARIANTS, delta_m, literature_baseline
 from .models import get_entry, list_models
 from .report import MISSING, ResultRow, mean_std, results_table
 from .tasks import Task
@@ -47,6 +49,9 @@ from .weighting import list_weightings, weighting_class, weighting_options
 
 BASELINE = "single"  # the default Δm reference: one SegNet per task
 SINGLE_TASK_WEIGHTING = "equal"  # with one task every method reduces to (a rescaled) plain loss
+LITERATURE = "literature"  # the Δm variant against fixed published constants, not the baseline runs
+RUN_VARIANTS = tuple(v for v in DELTA_VARIANTS if v != LITERATURE)  # against the baseline runs
+NOT_APPLICABLE = "n/a"
 # Config keys that may differ between invocations without changing a run's results.
 _IGNORED_KEYS = ("out", "device", "num_workers")
 
@@ -245,6 +250,14 @@ class Comparison:
         self.configs = {spec: run_config(base, grid, spec, self.runs_dir) for spec in grid.runs()}
         self.reference_config = next(self.configs[s] for s in self.configs if s.task is None)
         self.tasks: dict[str, Task] = build.build_tasks(self.reference_config)  # every task of the grid
+        cfg = self.reference_config
+        self.variant = dataset_info(cfg.data.name, **build.data_options(cfg)).variant
+        # The literature Δm applies only to the published datasets, tasks and class counts.
+        try:
+            literature_baseline(self.variant, self.tasks)
+            self.literature, self.literature_na = self.variant, None
+        except UserError as e:
+            self.literature, self.literature_na = None, str(e)
 
     # ------------------------------------------------------------------ one run
     def _check_existing(self, spec: RunSpec) -> None:
@@ -322,7 +335,7 @@ class Comparison:
     def table(self, results: Mapping[RunSpec, RunResult]) -> list[dict]:
         """One dict per row: metrics and Δm per seed, their mean and std over seeds, params,
         params relative to one single-task network, GFLOPs and the run names."""
-        grid, tasks = self.grid, self.tasks
+        grid = self.grid
         baseline = Row(grid.baseline, None)
         unit = self.unit_params()
         reference = {s: row_results(results, grid.runs_of(baseline, s)) for s in grid.seeds}
@@ -335,25 +348,34 @@ class Comparison:
                 "label": row.label, "model": row.model, "weighting": row.weighting,
                 "params": params, "params_rel": params / unit, "gflops": gflops,
                 "metrics": mean, "metrics_std": std,
-                "delta_m": {v: delta_over_seeds(per_seed, reference, tasks, v) for v in DELTA_VARIANTS},
+                "delta_m": self.deltas(per_seed, reference),
                 "per_seed": per_seed,
                 "runs": [spec.name for s in grid.seeds for spec in grid.runs_of(row, s)],
             })
+        return out
+
+    def deltas(self, per_seed: Mapping[int, Mapping], reference: Mapping[int, Mapping]) -> dict:
+        """Δm of one row in every variant: against the baseline runs of each seed, and the
+        literature variant against the published constants (or ``not_applicable`` and why)."""
+        out = {v: delta_over_seeds(per_seed, reference, self.tasks, v) for v in RUN_VARIANTS}
+        if self.literature is None:
+            out[LITERATURE] = {"mean": None, "std": None, "per_seed": {}, "not_applicable": self.literature_na}
+        else:
+            out[LITERATURE] = delta_over_seeds(per_seed, None, self.tasks, LITERATURE, self.literature)
         return out
 
     def trivial_row(self, results: Mapping[RunSpec, RunResult]) -> dict:
         """The trivial predictors (majority class, mean train depth, mean train normal) that every
         run's summary scores on the same val split, with their Δm: the scale against which the
         models' differences can be read. They depend on the data only, so seeds agree."""
-        grid, tasks = self.grid, self.tasks
+        grid = self.grid
         baseline = Row(grid.baseline, None)
         per_seed = {s: row_results(results, grid.runs_of(baseline, s), "trivial") for s in grid.seeds}
         reference = {s: row_results(results, grid.runs_of(baseline, s)) for s in grid.seeds}
         mean, _ = mean_std(list(per_seed.values()))
         return {"label": "trivial predictors", "model": "trivial", "weighting": None,
                 "params": None, "params_rel": None, "gflops": None, "metrics": mean, "metrics_std": None,
-                "delta_m": {v: delta_over_seeds(per_seed, reference, tasks, v) for v in DELTA_VARIANTS},
-                "per_seed": per_seed, "runs": []}
+                "delta_m": self.deltas(per_seed, reference), "per_seed": per_seed, "runs": []}
 
     # ------------------------------------------------------------------ outputs
     def settings(self, results: Mapping[RunSpec, RunResult]) -> dict:
@@ -363,7 +385,7 @@ class Comparison:
         tasks = self.tasks
         return {
             "dataset": cfg.data.name,
-            "variant": dataset_info(cfg.data.name, **build.data_options(cfg)).variant,
+            "variant": self.variant,
             "data_root": cfg.data.root or "(default synthetic scenes in the cache)",
             "split": summary.get("split", "val"),
             "convention": cfg.convention,
@@ -384,10 +406,21 @@ class Comparison:
             "baseline": self.grid.baseline,
             "single_task_weighting": SINGLE_TASK_WEIGHTING,
             "delta_m": {v: [f"{t}.{m.name}" for t, task in tasks.items() for m in _delta_metrics(task, v)]
-                        for v in DELTA_VARIANTS},
+                        for v in RUN_VARIANTS},
+            "delta_m_literature": self.literature_settings(),
             "base_config": to_dict(self.base),
             "environment": environment(),
         }
+
+    def literature_settings(self) -> dict:
+        """What the literature Δm is measured against, or why it does not apply."""
+        if self.literature is None:
+            return {"reference": None, "not_applicable": self.literature_na}
+        ref = literature_baseline(self.literature, self.tasks)
+        return {"reference": ref.dataset, "num_classes": ref.num_classes, "source": ref.source,
+                "metrics": [f"{t}.{m}" for t in self.tasks for m in ref.values[t]],
+                "baseline": {t: dict(ref.values[t]) for t in self.tasks},
+                "sign": "lower is better (the papers' sign)"}
 
     def write(self, results: Mapping[RunSpec, RunResult]) -> dict[str, Path]:
         """Write compare.md/.csv/.json and the two plots to ``OUT``; returns their paths."""
@@ -454,16 +487,20 @@ def row_results(results: Mapping[RunSpec, RunResult], specs: Sequence[RunSpec],
     return out
 
 
-def delta_over_seeds(per_seed: Mapping[int, Mapping], reference: Mapping[int, Mapping],
-                     tasks: Mapping[str, Task], variant: str) -> dict:
-    """Δm of each seed against the baseline of the same seed, then mean and sample std over seeds.
-    Where a baseline metric is 0 (a barely trained baseline), Δm is undefined: mean and std are
-    None and ``undefined`` says why."""
+def delta_over_seeds(per_seed: Mapping[int, Mapping], reference: Mapping[int, Mapping] | None,
+                     tasks: Mapping[str, Task], variant: str, literature: str | None = None) -> dict:
+    """Δm of each seed against the baseline of the same seed (for the literature variant: against
+    the published constants of dataset ``literature``, ``reference`` unused), then mean and sample
+    std over seeds. Where a baseline metric is 0 (a barely trained baseline) or a run lacks a
+    metric, Δm is undefined: mean and std are None and ``undefined`` says why."""
     values: dict[int, float | None] = {}
     undefined = None
     for seed, results in per_seed.items():
         try:
-            values[seed] = delta_m(results, reference[seed], tasks, variant)
+            if variant == LITERATURE:
+                values[seed] = delta_m(results, None, tasks, variant, reference=literature)
+            else:
+                values[seed] = delta_m(results, reference[seed], tasks, variant)
         except UserError as e:
             values[seed] = None
             undefined = f"seed {seed}: {e}"
@@ -474,6 +511,7 @@ def delta_over_seeds(per_seed: Mapping[int, Mapping], reference: Mapping[int, Ma
 
 
 def _delta_metrics(task: Task, variant: str):
+    """The metrics of ``task`` in a Δm variant against the baseline runs (see RUN_VARIANTS)."""
     return [task.metric(task.primary)] if variant == "primary" else [m for m in task.metrics if m.in_delta_all]
 
 
@@ -502,20 +540,33 @@ def _pm(mean: float | None, std: float | None, several: bool, digits: int = 2, s
     return f"{text} ± {std:.{digits}f}" if several else text
 
 
+def delta_title(variant: str) -> str:
+    """Column title of a Δm variant: ↑ for ours (positive = better than the baseline runs), ↓ for
+    the literature variant (the papers' sign, negative = better)."""
+    return f"Δm {variant} (%) {'↓' if variant == LITERATURE else '↑'}"
+
+
+def _delta_cell(d: dict, several: bool) -> str:
+    if d.get("not_applicable"):
+        return NOT_APPLICABLE
+    return _pm(d["mean"], d["std"], several, sign=True)
+
+
 def _markdown_extra(r: dict, several: bool) -> dict:
     if r["params"] is None:  # the trivial predictors
         return {"#P.": MISSING, "params": MISSING, "GFLOPs": MISSING,
-                **{f"Δm {v} (%) ↑": _pm(d["mean"], None, False, sign=True) for v, d in r["delta_m"].items()}}
+                **{delta_title(v): _delta_cell(d, False) for v, d in r["delta_m"].items()}}
     return {"#P.": f"{r['params_rel']:.2f}", "params": r["params"], "GFLOPs": f"{r['gflops']:.3g}",
-            **{f"Δm {v} (%) ↑": _pm(d["mean"], d["std"], several, sign=True) for v, d in r["delta_m"].items()}}
+            **{delta_title(v): _delta_cell(d, several) for v, d in r["delta_m"].items()}}
 
 
 def _csv_extra(r: dict) -> dict:
     out = {"model": r["model"], "weighting": r["weighting"] or "", "params_rel": r["params_rel"],
            "params": r["params"], "gflops": r["gflops"]}
     for v, d in r["delta_m"].items():
-        out[f"delta_m.{v}"] = d["mean"]
-        out[f"delta_m.{v}.std"] = d["std"]
+        na = NOT_APPLICABLE if d.get("not_applicable") else None
+        out[f"delta_m.{v}"] = na or d["mean"]
+        out[f"delta_m.{v}.std"] = na or d["std"]
     return out
 
 
@@ -545,6 +596,7 @@ def markdown_header(settings: Mapping, tasks: Mapping[str, Task]) -> str:
         f"- Δm (Maninis et al. 2019, in %, higher is better) against the {s['baseline']} runs of the same "
         "seed, computed per seed, then mean ± std. Variants: "
         + "; ".join(f"{v}: {', '.join(labels[k] for k in keys)}" for v, keys in s["delta_m"].items()),
+        _literature_line(s["delta_m_literature"], labels),
         f"- #P.: parameters relative to one single-task network ({s['baseline']} on {s['tasks'][0]}); "
         "single-task rows count one network per task. GFLOPs: one forward pass at the training size, "
         "2 FLOPs per multiply-add.",
@@ -554,6 +606,15 @@ def markdown_header(settings: Mapping, tasks: Mapping[str, Task]) -> str:
         f"torch {env['torch']}, Python {env['python']}",
     ]
     return "\n".join(lines) + "\n"
+
+
+def _literature_line(lit: Mapping, labels: Mapping[str, str]) -> str:
+    if lit["reference"] is None:
+        return f"- Δm literature: {NOT_APPLICABLE} ({lit['not_applicable']})"
+    return (f"- Δm literature (in %, **lower** is better, the papers' sign): against the published single-task "
+            f"constants for {lit['reference']} ({lit['source']}), not the runs above; metrics "
+            f"{', '.join(labels[k] for k in lit['metrics'])}. The papers average the last 10 of 200 epochs on "
+            "the test split under the mtan convention: other settings compare only roughly")
 
 
 def environment() -> dict:
@@ -597,15 +658,17 @@ def plot_deltas(rows: Sequence[dict], out_png: Path, settings: Mapping) -> Path:
     from matplotlib.figure import Figure
 
     colours = _colours(list(dict.fromkeys(r["model"] for r in rows)))
-    fig = Figure(figsize=(max(6.0, 0.55 * len(rows) + 2), 3.2 * len(DELTA_VARIANTS)))
-    axes = fig.subplots(len(DELTA_VARIANTS), 1, squeeze=False)[:, 0]
+    variants = list(rows[0]["delta_m"]) if rows else list(DELTA_VARIANTS)
+    fig = Figure(figsize=(max(6.0, 0.55 * len(rows) + 2), 3.2 * len(variants)))
+    axes = fig.subplots(len(variants), 1, squeeze=False)[:, 0]
     xs = list(range(len(rows)))
-    for ax, variant in zip(axes, DELTA_VARIANTS):
+    for ax, variant in zip(axes, variants):
         undefined = ""
         for x, r in zip(xs, rows):
             d = r["delta_m"][variant]
             if d["mean"] is None:
-                undefined = d["undefined"]
+                undefined = (f"{NOT_APPLICABLE}: {d['not_applicable']}" if d.get("not_applicable")
+                             else f"undefined: {d['undefined']}")
                 continue
             seeds = list(d["per_seed"].values())
             offsets = [0.25 * (i / (len(seeds) - 1) - 0.5) for i in range(len(seeds))] if len(seeds) > 1 else [0.0]
@@ -613,13 +676,16 @@ def plot_deltas(rows: Sequence[dict], out_png: Path, settings: Mapping) -> Path:
             ax.errorbar([x], [d["mean"]], yerr=[d["std"]], fmt="_", markersize=14, color="black",
                         capsize=3, zorder=4)
         if undefined:
-            ax.text(0.5, 0.5, textwrap.fill(f"undefined: {undefined}", 60), transform=ax.transAxes,
+            ax.text(0.5, 0.5, textwrap.fill(undefined, 60), transform=ax.transAxes,
                     ha="center", va="center", fontsize=8)
         ax.axhline(0.0, color="grey", linewidth=0.8)
-        ax.set_ylabel(f"Δm {variant} (%)")
+        ax.set_ylabel(delta_title(variant), fontsize=8)
         ax.set_xticks(xs)
         ax.set_xticklabels([r["label"] for r in rows], rotation=45, ha="right", fontsize=8)
         ax.grid(axis="y", alpha=0.3)
+        if variant == LITERATURE:
+            ax.set_title("literature Δm: against the published single-task constants, lower is better",
+                         fontsize=8)
     axes[0].set_title(f"Δm vs {settings['baseline']} on {settings['variant']} ({settings['split']}), "
                       f"{len(settings['seeds'])} seed(s): dots = seeds, bar = mean ± std", fontsize=9)
     fig.tight_layout()

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import copy
 import math
+from dataclasses import dataclass
 from typing import Iterable, Mapping, Sequence
 
 import torch
@@ -44,7 +45,7 @@ from .errors import UserError, unknown_name
 from .losses import normalize_normals
 
 CONVENTIONS = ("dataset", "mtan")
-DELTA_VARIANTS = ("primary", "all")
+DELTA_VARIANTS = ("primary", "all", "literature")
 
 ANGLE_BIN_DEG = 0.001  # resolution of the dataset-level normal median
 _ANGLE_BINS = round(180.0 / ANGLE_BIN_DEG)
@@ -300,33 +301,136 @@ class NormalMeter(Meter):
         return out
 
 
-def _delta_specs(task, variant: str):
+@dataclass(frozen=True)
+class LiteratureBaseline:
+    """Published single-task results that a literature Δm is measured against.
+
+    ``values`` is ``{task: {metric: value}}`` in densemtl's stored units (the units the meters
+    report: fractions for mIoU, pixel accuracy and the within-t normal metrics; the dataset's
+    depth units; degrees), which are also the units of the reference code's ``BASE`` arrays.
+    ``num_classes``: the segmentation class set the numbers are for.
+    """
+
+    dataset: str
+    num_classes: int
+    values: Mapping[str, Mapping[str, float]]
+    source: str
+
+    @property
+    def tasks(self) -> tuple[str, ...]:
+        return tuple(self.values)
+
+
+_CAGRAD_SOURCE = (
+    "CAGrad (Liu et al., NeurIPS 2021) Table {table}, single-task (STL) row; the BASE array of "
+    "delta_fn in the Nash-MTL, FAMO and CAGrad code; used by Nash-MTL, FAMO and Aligned-MTL"
+)
+
+#: Fixed single-task constants of the literature Δm, keyed by dataset variant. As printed:
+#: NYUv2 mIoU 38.30, Pix 63.76, Abs 0.6754, Rel 0.2780, Mean 25.01, Median 19.21, <11.25 30.14,
+#: <22.5 57.20, <30 69.15; CityScapes mIoU 74.01, Pix 93.16, Abs 0.0125, Rel 27.77. The printed
+#: percentages are stored as fractions (MetricSpec.scale 100). CityScapes' Rel 27.77 is not a
+#: percentage: the reference code compares it with the plain mean of |p - g| / g over valid
+#: pixels (their ``depth_error``), the quantity our ``rel_err`` is, so it is stored as printed.
+LITERATURE_BASELINES: dict[str, LiteratureBaseline] = {
+    "nyuv2": LiteratureBaseline(
+        dataset="nyuv2", num_classes=13, source=_CAGRAD_SOURCE.format(table="1"),
+        values={
+            "semantic": {"miou": 0.3830, "pixel_acc": 0.6376},
+            "depth": {"abs_err": 0.6754, "rel_err": 0.2780},
+            "normal": {"mean": 25.01, "median": 19.21, "within_11_25": 0.3014, "within_22_5": 0.5720,
+                       "within_30": 0.6915},
+        },
+    ),
+    "cityscapes": LiteratureBaseline(
+        dataset="cityscapes", num_classes=7, source=_CAGRAD_SOURCE.format(table="2"),
+        values={
+            "semantic": {"miou": 0.7401, "pixel_acc": 0.9316},
+            "depth": {"abs_err": 0.0125, "rel_err": 27.77},
+        },
+    ),
+}
+
+
+def _task_list(tasks) -> list:
+    return list(tasks.values()) if isinstance(tasks, Mapping) else list(tasks)
+
+
+def literature_baseline(reference: str | None, tasks) -> LiteratureBaseline:
+    """The published constants for dataset variant ``reference``, checked against ``tasks``.
+
+    A UserError says why a literature Δm does not apply: no constants for that dataset, or
+    tasks / a class count other than the ones the published numbers are for.
+    """
+    if reference is None:
+        raise UserError("Δm (literature) needs reference=, the dataset variant whose published "
+                        f"single-task results to use: one of {', '.join(sorted(LITERATURE_BASELINES))}")
+    if reference not in LITERATURE_BASELINES:
+        raise UserError(f"Δm (literature): no published single-task constants for dataset {reference!r}; "
+                        f"there are for: {', '.join(sorted(LITERATURE_BASELINES))}")
+    ref = LITERATURE_BASELINES[reference]
+    names = [t.name for t in _task_list(tasks)]
+    if sorted(names) != sorted(ref.tasks):
+        raise UserError(f"Δm (literature, {reference}) is defined over the tasks {', '.join(ref.tasks)}; "
+                        f"got {', '.join(names) or 'none'}")
+    for task in _task_list(tasks):
+        if task.num_classes is not None and task.num_classes != ref.num_classes:
+            raise UserError(f"Δm (literature, {reference}): the published numbers are for {ref.num_classes} "
+                            f"classes; task {task.name} has {task.num_classes}")
+    return ref
+
+
+def _delta_specs(task, variant: str, ref: LiteratureBaseline | None = None):
     if variant == "primary":
         return [task.metric(task.primary)]
+    if variant == "literature":
+        return [task.metric(name) for name in ref.values[task.name]]
     return [m for m in task.metrics if m.in_delta_all]
 
 
 def delta_m(
     results: Mapping[str, Mapping[str, float]],
-    baseline: Mapping[str, Mapping[str, float]],
+    baseline: Mapping[str, Mapping[str, float]] | None,
     tasks,
     variant: str = "primary",
+    *,
+    reference: str | None = None,
 ) -> float:
     """Δm in percent (Maninis et al. 2019): the mean over the chosen metrics of
     ``(-1)^l (M_m - M_b) / M_b * 100``, with ``l = 1`` for lower-is-better metrics.
 
     ``results`` and ``baseline`` are ``{task: {metric: value}}``; ``tasks`` is ``{name: Task}``
     (or an iterable of Task). ``variant="primary"`` uses each task's primary metric,
-    ``"all"`` every metric with ``in_delta_all`` (MTAN's nine NYUv2 numbers). A positive value
-    means the model is better than the baseline.
+    ``"all"`` every metric with ``in_delta_all`` (MTAN's nine NYUv2 numbers). For these two a
+    positive value means the model is better than the baseline.
+
+    ``variant="literature"`` is the Δm of the published tables (CAGrad, Nash-MTL, FAMO,
+    Aligned-MTL): the mean over the metrics of :data:`LITERATURE_BASELINES` ``[reference]`` (the
+    9 NYUv2 metrics for ``reference="nyuv2"``, mIoU, PixAcc, AbsErr, RelErr for
+    ``"cityscapes"``) of ``(-1)^h (M_m - M_b) / M_b * 100`` with ``h = 1`` for higher-is-better
+    metrics and ``M_b`` the fixed published single-task results, not a baseline of your own
+    (``baseline`` must be None). Its sign is the papers': **negative means better**, so the
+    value can be set beside theirs (Nash-MTL on NYUv2: -4.04). ``tasks`` must be exactly the
+    reference's tasks with its class count. The published numbers average the last 10 of 200
+    epochs on the test split under the per-batch ``mtan`` convention; numbers from another
+    protocol are comparable only roughly.
     """
     if variant not in DELTA_VARIANTS:
         raise unknown_name("delta_m variant", variant, DELTA_VARIANTS)
-    task_list = list(tasks.values()) if isinstance(tasks, Mapping) else list(tasks)
+    task_list = _task_list(tasks)
+    ref = None
+    if variant == "literature":
+        if baseline is not None:
+            raise UserError("Δm (literature) is measured against fixed published constants; pass "
+                            "baseline=None and the dataset as reference=")
+        ref = literature_baseline(reference, task_list)
+        baseline = ref.values
+    elif reference is not None:
+        raise UserError(f"delta_m: reference= is only for variant='literature', not {variant!r}")
     terms: list[float] = []
     missing = {"baseline": [], "results": []}
     for task in task_list:
-        for spec in _delta_specs(task, variant):
+        for spec in _delta_specs(task, variant, ref):
             key = f"{task.name}.{spec.name}"
             base = baseline.get(task.name, {}).get(spec.name)
             value = results.get(task.name, {}).get(spec.name)
@@ -339,6 +443,8 @@ def delta_m(
             if base == 0 or not math.isfinite(base):
                 raise UserError(f"Δm baseline metric {key} is {base}; expected a finite non-zero value")
             sign = 1.0 if spec.higher_is_better else -1.0
+            if variant == "literature":  # the papers' sign: lower is better
+                sign = -sign
             terms.append(sign * (value - base) / base)
     for which, keys in missing.items():
         if keys:

@@ -29,7 +29,8 @@ def add_parser(sub) -> None:
         description="Train every multi-task model under every loss weighting for every seed, and the "
                     "single-task baselines once per task and seed (each run in OUT/runs/NAME), then write "
                     "the MTAN-paper-style table (#params, GFLOPs, every metric as mean ± std over seeds, "
-                    "Δm in both variants) as compare.md/.csv/.json and plots of Δm and the training "
+                    "Δm against the single-task runs and, on nyuv2 / cityscapes, against the published "
+                    "single-task constants) as compare.md/.csv/.json and plots of Δm and the training "
                     "curves. The training flags below apply to every run.",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
